@@ -1,0 +1,248 @@
+"""The `ictl` command.
+
+    ictl list
+    ictl run EXPERIMENT [--workdir DIR] [--overwrite] [--mesh DATA,MODEL] [--config.KEY=VALUE ...]
+    ictl resume WORKDIR
+    ictl report [WORKDIR ...] [--out FILE]
+    ictl reproduce [--root DIR] [--only NAME,...] [--overwrite]
+
+Bad input (unknown experiment or key, wrong type, invalid value, a workdir in use or not
+empty) prints one line and exits with status 2 before anything is compiled or written.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import pathlib
+import pkgutil
+import sys
+import time
+
+import ml_collections
+
+from ictl.config import ConfigError, apply_overrides, check, scale_from
+from ictl import workdir as wd
+
+EXIT_BAD_INPUT = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own errors: one line, status 2
+        raise ConfigError(f"{self.prog}: {message}")
+
+
+def experiment_names() -> list[str]:
+    import experiments
+
+    return sorted(m.name for m in pkgutil.iter_modules(experiments.__path__) if not m.name.startswith("_"))
+
+
+def load_experiment(name: str):
+    names = experiment_names()
+    if name not in names:
+        raise ConfigError(f"experiment {name!r}: unknown; allowed: {', '.join(names)}")
+    return importlib.import_module(f"experiments.{name}")
+
+
+def _summary(module) -> str:
+    doc = (module.__doc__ or "").strip().splitlines()
+    return getattr(module, "TITLE", doc[0] if doc else "")
+
+
+def build_config(module, overrides) -> ml_collections.ConfigDict:
+    scale = scale_from(overrides)
+    config = apply_overrides(module.get_config(scale), overrides)
+    validate = getattr(module, "validate", None)
+    if validate is not None:
+        validate(config)
+    return config
+
+
+def _set_mesh_env(mesh: str | None) -> None:
+    if mesh is None:
+        return
+    try:
+        data, model = (int(p) for p in mesh.split(","))
+    except ValueError:
+        raise ConfigError(f"--mesh {mesh!r}: allowed DATA,MODEL integers, e.g. 8,1 or -1,2") from None
+    os.environ["ICTL_MESH"] = f"{data},{model}"
+
+
+def execute(name: str, config, workdir: pathlib.Path) -> list[dict]:
+    """Runs one experiment in ``workdir`` under its lock, recording status and wall time."""
+    from ictl.train.loop import Diverged
+
+    module = load_experiment(name)
+    status_path = workdir / "run.json"
+    t0 = time.time()
+    with wd.Lock(workdir):
+        status_path.write_text(json.dumps({"status": "running", "started": t0}))
+        try:
+            rows = module.run(config, workdir)
+        except Diverged as e:
+            status_path.write_text(json.dumps({"status": "diverged", "step": e.step, "message": str(e)}))
+            raise
+        status_path.write_text(json.dumps({"status": "done", "seconds": time.time() - t0}))
+    return rows
+
+
+def _print_rows(name: str, rows) -> None:
+    print(f"{name}: {len(rows)} results")
+    for r in rows:
+        rel = "" if r.get("rel_err") is None else f"  rel_err {r['rel_err']:.3g}"
+        print(f"  {r['quantity']}: measured {r['measured']:.6g}  expected {r['expected']:.6g} ({r['source']}){rel}")
+
+
+def cmd_list(args) -> int:
+    for name in experiment_names():
+        module = load_experiment(name)
+        tier = "quick" if getattr(module, "REPRODUCE", True) else "accelerator (not in `ictl reproduce`)"
+        print(f"{name:24s} [{tier}] {_summary(module)}")
+    return 0
+
+
+def cmd_run(args, overrides) -> int:
+    module = load_experiment(args.experiment)
+    config = build_config(module, overrides)
+    workdir = pathlib.Path(args.workdir or pathlib.Path("runs") / args.experiment)
+    wd.check_new(workdir, overwrite=args.overwrite)
+    wd.prepare(workdir, overwrite=args.overwrite)
+    wd.save_config(workdir, args.experiment, config)
+    rows = execute(args.experiment, config, workdir)
+    _print_rows(args.experiment, rows)
+    print(f"wrote {workdir}")
+    return 0
+
+
+def cmd_resume(args) -> int:
+    workdir = pathlib.Path(args.workdir)
+    wd.check_free(workdir)
+    name, config_dict = wd.load_config(workdir)
+    module = load_experiment(name)
+    config = ml_collections.ConfigDict(config_dict)
+    if getattr(module, "validate", None):
+        module.validate(config)
+    rows = execute(name, config, workdir)
+    _print_rows(name, rows)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from ictl.report import write_report
+
+    dirs = [pathlib.Path(d) for d in args.workdirs] or sorted(
+        p for p in pathlib.Path("runs").glob("*") if (p / "results.json").exists())
+    for d in dirs:
+        if not (d / "results.json").exists():
+            raise ConfigError(f"workdir {d}: has no results.json; allowed: finished run workdirs")
+    out = pathlib.Path(args.out or (dirs[0].parent / "report.html" if dirs else "runs/report.html"))
+    write_report(dirs, out)
+    print(f"report: {out.resolve()}")
+    return 0
+
+
+def cmd_reproduce(args) -> int:
+    root = pathlib.Path(args.root)
+    names = [n for n in experiment_names() if getattr(load_experiment(n), "REPRODUCE", True)]
+    if args.only:
+        wanted = args.only.split(",")
+        for n in wanted:
+            check(n in experiment_names(), "only", n, f"experiment names: {', '.join(experiment_names())}")
+        names = wanted
+    plans = []  # validate everything before running anything
+    for name in names:
+        module = load_experiment(name)
+        workdir = root / name
+        wd.check_free(workdir)
+        plans.append((name, build_config(module, []), workdir))
+    t_all = time.time()
+    for name, config, workdir in plans:
+        done = (workdir / "results.json").exists() and (workdir / "run.json").exists() and \
+            json.loads((workdir / "run.json").read_text()).get("status") == "done"
+        if done and not args.overwrite:
+            print(f"== {name}: already done in {workdir} (--overwrite to redo)")
+            continue
+        if (workdir / wd.CONFIG_FILE).exists() and not args.overwrite:
+            print(f"== {name}: resuming {workdir}")
+            config = ml_collections.ConfigDict(wd.load_config(workdir)[1])
+        else:
+            wd.prepare(workdir, overwrite=args.overwrite)
+            wd.save_config(workdir, name, config)
+            print(f"== {name}: running at quick scale in {workdir}")
+        t0 = time.time()
+        rows = execute(name, config, workdir)
+        _print_rows(name, rows)
+        print(f"   ({time.time() - t0:.0f} s)")
+    from ictl.report import write_report
+
+    dirs = sorted(p for p in root.glob("*") if (p / "results.json").exists())
+    out = root / "report.html"
+    write_report(dirs, out)
+    print(f"reproduced {len(plans)} experiments in {time.time() - t_all:.0f} s; report: {out.resolve()}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="ictl", description="In-context learning lab: experiments, theory, report.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub.add_parser("list", help="the experiments, and which ones `reproduce` leaves to an accelerator")
+    r = sub.add_parser("run", help="run one experiment")
+    r.add_argument("experiment")
+    r.add_argument("--workdir")
+    r.add_argument("--overwrite", action="store_true", help="replace an existing workdir")
+    r.add_argument("--mesh", help="DATA,MODEL device-mesh shape (default: all devices on data)")
+    s = sub.add_parser("resume", help="continue a run from its last checkpoint")
+    s.add_argument("workdir")
+    s.add_argument("--mesh")
+    rep = sub.add_parser("report", help="one HTML page with every figure and result")
+    rep.add_argument("workdirs", nargs="*")
+    rep.add_argument("--out")
+    a = sub.add_parser("reproduce", help="every quick experiment, then the report")
+    a.add_argument("--root", default="runs")
+    a.add_argument("--only")
+    a.add_argument("--overwrite", action="store_true")
+    a.add_argument("--mesh")
+    return p
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    overrides = [a for a in argv if a.startswith("--config.")]
+    rest = [a for a in argv if not a.startswith("--config.")]
+    try:
+        args = _parser().parse_args(rest)
+        if overrides and args.command != "run":
+            raise ConfigError(f"--config.* overrides: only `ictl run` takes them, not `ictl {args.command}`")
+        _set_mesh_env(getattr(args, "mesh", None))
+        from ictl.train.mesh import maybe_initialize_distributed
+
+        maybe_initialize_distributed()
+        if args.command == "list":
+            return cmd_list(args)
+        if args.command == "run":
+            return cmd_run(args, overrides)
+        if args.command == "resume":
+            return cmd_resume(args)
+        if args.command == "report":
+            return cmd_report(args)
+        return cmd_reproduce(args)
+    except ConfigError as e:
+        print(f"ictl: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as e:
+        from ictl.train.loop import Diverged
+
+        if isinstance(e, Diverged):
+            print(f"ictl: {e}", file=sys.stderr)
+            return 1
+        raise
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()
