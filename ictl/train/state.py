@@ -36,7 +36,7 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation):
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, key)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return step

@@ -1,0 +1,90 @@
+"""Config overrides and the CLI's bad-input contract: one line, exit status 2, nothing written."""
+import json
+import os
+import subprocess
+import sys
+
+import ml_collections
+import pytest
+
+from ictl.cli import main
+from ictl.config import ConfigError, apply_overrides
+
+
+def test_overrides_types():
+    c = ml_collections.ConfigDict(dict(a=1, b=0.5, s="x", t=(1, 2), nested=dict(f=True)))
+    out = apply_overrides(c, ["--config.a=3", "--config.b=2", "--config.t=4,5,6", "--config.nested.f=false",
+                              "--config.s=hello"])
+    assert (out.a, out.b, out.t, out.nested.f, out.s) == (3, 2.0, (4, 5, 6), False, "hello")
+    assert c.a == 1  # the original is not changed
+    for bad, word in [("--config.zz=1", "unknown key"), ("--config.a=x", "integer"), ("--config.nested.f=maybe", "true or false"),
+                      ("--config.b=abc", "number")]:
+        with pytest.raises(ConfigError, match=word):
+            apply_overrides(c, [bad])
+
+
+def _run(args, capsys):
+    code = main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["run", "no_such_experiment"], "experiment 'no_such_experiment': unknown"),
+    (["run", "zfb_dynamics", "--config.nope=1"], "config.nope: unknown key"),
+    (["run", "zfb_dynamics", "--config.d=five"], "config.d='five': allowed an integer"),
+    (["run", "zfb_dynamics", "--config.d=0"], "config.d=0: allowed an integer >= 1"),
+    (["run", "zfb_dynamics", "--config.N=0"], "config.N=0: allowed an integer >= 1"),
+    (["run", "zfb_dynamics", "--config.lam=1,-1,1,1,1"], "lam: must be symmetric positive definite"),
+    (["run", "zfb_dynamics", "--config.lam=((1,2),(0,1))", "--config.d=2"], "lam: must be symmetric"),
+    (["run", "zfb_dynamics", "--config.scale=huge"], "config.scale='huge'"),
+    (["run", "zfb_shifts", "--config.M=0,5"], "config.M="),
+    (["resume", "/nonexistent/dir"], "has no config.json"),
+    (["list", "--config.d=3"], "only `ictl run` takes them"),
+])
+def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, args, needle):
+    wd = tmp_path / "w"
+    if args[0] == "run":
+        args = args + ["--workdir", str(wd)]
+    code, err = _run(args, capsys)
+    assert code == 2
+    assert len(err) == 1 and needle in err[0], err
+    assert not wd.exists()
+
+
+def test_existing_workdir_is_not_overwritten(tmp_path, capsys):
+    wd = tmp_path / "w"
+    wd.mkdir()
+    (wd / "keep.txt").write_text("precious")
+    code, err = _run(["run", "zfb_dynamics", "--workdir", str(wd)], capsys)
+    assert code == 2 and "exists and is not empty" in err[0] and len(err) == 1
+    assert (wd / "keep.txt").read_text() == "precious" and sorted(os.listdir(wd)) == ["keep.txt"]
+
+
+def test_workdir_in_use_is_refused(tmp_path, capsys):
+    wd = tmp_path / "w"
+    wd.mkdir()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        import socket
+        (wd / ".lock").write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname()}))
+        (wd / "config.json").write_text(json.dumps({"experiment": "zfb_dynamics", "config": {}}))
+        for args in (["resume", str(wd)], ["run", "zfb_dynamics", "--workdir", str(wd), "--overwrite"]):
+            code, err = _run(args, capsys)
+            assert code == 2 and len(err) == 1 and f"in use by another run (pid {sleeper.pid})" in err[0]
+        assert (wd / "config.json").exists()
+    finally:
+        sleeper.kill()
+
+
+def test_list_names_experiments_and_tiers(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "zfb_dynamics" in out and "zfb_shifts" in out and "[quick]" in out
+
+
+def test_console_script_exit_status(tmp_path):
+    exe = os.path.join(os.path.dirname(sys.executable), "ictl")
+    r = subprocess.run([exe, "run", "zfb_dynamics", "--config.d=-3", "--workdir", str(tmp_path / "x")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "config.d=-3" in r.stderr

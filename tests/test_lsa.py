@@ -1,0 +1,115 @@
+"""ZFB's LSA: the formula, the reduced form, training to L*, and the trained predictor."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from ictl import lsa_training as lt
+from ictl.tasks.linear import sample_linear_prompts
+from ictl.theory import zfb
+from ictl.train import TrainState, fit, make_train_step
+from models.lsa import LSA, effective_V, off_subspace_norm, reduced_params
+
+
+def test_matches_the_prompt_matrix_formula(x64):
+    """ŷ = [E + W^PV E (Eᵀ W^KQ E)/N]_{d+1, N+1}, computed literally with random full weights."""
+    d, n = 3, 6
+    model = LSA(d=d, init_scheme="random", sigma=0.7, param_dtype=jnp.float64)
+    p = sample_linear_prompts(jax.random.key(0), batch=2, n_ctx=n, d=d, n_query=2, dtype=jnp.float64)
+    params = model.init(jax.random.key(1), p.x_ctx, p.y_ctx, p.x_q)
+    pv, kq = params["params"]["W_PV"], params["params"]["W_KQ"]
+    out = model.apply(params, p.x_ctx, p.y_ctx, p.x_q)
+    for b in range(2):
+        for q in range(2):
+            E = np.zeros((d + 1, n + 1))
+            E[:d, :n], E[d, :n], E[:d, n] = np.asarray(p.x_ctx[b]).T, p.y_ctx[b], p.x_q[b, q]
+            f = E + pv @ E @ (E.T @ kq @ E) / n
+            np.testing.assert_allclose(out[b, q], f[d, n], rtol=1e-12)
+
+
+def test_paper_init_reduced_form_and_dtype():
+    d, n = 4, 10
+    model, params = lt.init_params(jax.random.key(2), d=d, sigma=0.3)
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
+    u, U = reduced_params(params)
+    assert float(off_subspace_norm(params)) == 0.0
+    np.testing.assert_allclose(float(u), 0.3)
+    np.testing.assert_allclose(float(jnp.linalg.norm(U)), 0.3, rtol=1e-6)  # σ‖ΘΘᵀ‖_F = σ
+    np.testing.assert_allclose(U, U.T)
+    p = sample_linear_prompts(jax.random.key(3), batch=5, n_ctx=n, d=d)
+    h = jnp.einsum("bn,bnd->bd", p.y_ctx, p.x_ctx) / n
+    expect = jnp.einsum("bd,de,be->b", h, effective_V(params), p.x_q[:, 0])  # u hᵀ U x_q
+    np.testing.assert_allclose(model.apply(params, p.x_ctx, p.y_ctx, p.x_q)[:, 0], expect, rtol=1e-5, atol=1e-7)
+
+
+def test_params_stay_float32_under_x64(x64):
+    _, params = lt.init_params(jax.random.key(0), d=3)
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
+
+
+def test_population_loss_matches_monte_carlo_of_the_model(x64):
+    """The exact L(u, U) (theory) against the model's ½(ŷ − y)² averaged over sampled prompts."""
+    d, n = 3, 7
+    model = LSA(d=d, param_dtype=jnp.float64)
+    lam = np.array([[1.5, 0.3, 0.0], [0.3, 1.0, -0.2], [0.0, -0.2, 0.6]])
+    params = model.init(jax.random.key(4), jnp.zeros((1, n, d)), jnp.zeros((1, n)), jnp.zeros((1, 1, d)))
+    params["params"]["W_PV"] = params["params"]["W_PV"].at[-1, -1].set(0.8)
+    params["params"]["W_KQ"] = params["params"]["W_KQ"].at[:-1, :-1].set(0.4 * jnp.eye(d) + 0.1)
+    u, U = reduced_params(params)
+    exact = float(zfb.population_loss(u, U, jnp.asarray(lam), n))
+    p = sample_linear_prompts(jax.random.key(5), batch=400_000, n_ctx=n, d=d, cov=lam, dtype=jnp.float64)
+    sq = 0.5 * np.asarray(model.apply(params, p.x_ctx, p.y_ctx, p.x_q)[:, 0] - p.y_q[:, 0]) ** 2
+    se = sq.std() / np.sqrt(sq.size)
+    assert abs(sq.mean() - exact) < 4 * se, (sq.mean(), exact, se)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """d = 5, N = 20, Λ = I from the paper's init: SGD on fresh prompts, cosine-decayed."""
+    d, n, steps = 5, 20, 800
+    model, params = lt.init_params(jax.random.key(0), d=d, sigma=0.1)
+    tx = optax.sgd(optax.cosine_decay_schedule(0.02, steps))
+    step = make_train_step(lt.prompt_loss_fn(model, d=d, N=n, batch=2048), tx)
+    return model, fit, step, TrainState.create(params=params, tx=tx), steps
+
+
+def test_trained_lsa_reaches_min_loss_and_gamma_inverse(trained, tmp_path):
+    model, fit_, step, state, steps = trained
+    state, _ = fit_(state, step, key=jax.random.key(1), num_steps=steps, workdir=tmp_path, log_every=100,
+                    ckpt_every=steps)
+    d, n = 5, 20
+    l_star = d * (d + 1) / (2 * (n + d + 1))  # = 0.576923…, the paper's closed form for Λ = I
+    u, U = reduced_params(state.params)
+    pop = float(zfb.population_loss(u, U, jnp.eye(d), n))
+    assert abs(pop - l_star) / l_star < 0.02
+    ginv = zfb.optimal_V(np.eye(d), n)
+    assert np.linalg.norm(np.asarray(effective_V(state.params)) - ginv) / np.linalg.norm(ginv) < 0.03
+    # the trained predictor is x_qᵀ Γ⁻¹ (1/M) Σ y_i x_i, also at other prompt lengths M
+    for m in (5, 20, 100):
+        p = sample_linear_prompts(jax.random.key(m), batch=4096, n_ctx=m, d=d)
+        h = jnp.einsum("bn,bnd->bd", p.y_ctx, p.x_ctx) / m
+        formula = jnp.einsum("bd,de,be->b", h, jnp.asarray(ginv, jnp.float32), p.x_q[:, 0])
+        pred = model.apply(state.params, p.x_ctx, p.y_ctx, p.x_q)[:, 0]
+        rel = float(jnp.sqrt(jnp.mean((pred - formula) ** 2) / jnp.mean(formula**2)))
+        assert rel < 0.03, (m, rel)
+
+
+def test_population_gd_follows_the_ode(tmp_path):
+    """GD through the optax loop on the exact population loss vs the float64 ODE: O(lr) apart."""
+    d, n, lr, steps = 3, 10, 0.01, 300
+    lam = np.diag([1.5, 1.0, 0.5])
+    model, params = lt.init_params(jax.random.key(7), d=d, sigma=0.2)
+    tx = optax.sgd(lr)
+    state, hist = fit(TrainState.create(params=params, tx=tx), make_train_step(lt.population_loss_fn(Lam=lam, N=n), tx),
+                      key=jax.random.key(0), num_steps=steps, workdir=tmp_path, log_every=30, ckpt_every=steps,
+                      eval_fn=lt.eval_fn(Lam=lam, N=n))
+    u0, U0 = (np.asarray(a, np.float64) for a in reduced_params(params))
+    traj = zfb.gradient_flow(float(u0), U0, lam, n, t1=lr * steps, num_saves=steps + 1)
+    h = [x for x in hist if "pop_loss" in x]
+    t = np.array([x["step"] for x in h]) * lr
+    gap = np.abs(np.array([x["pop_loss"] for x in h]) - np.interp(t, traj.t, traj.loss))
+    drop = traj.loss[0] - traj.loss[-1]
+    assert drop > 0.5  # the flow moves a lot over this window, so the comparison means something
+    assert gap.max() < 0.02 * drop  # Euler error O(lr·t) ≈ 1e-2 relative; float32 rounding far below
+    assert float(off_subspace_norm(state.params)) == 0.0  # the other weights never receive gradient
