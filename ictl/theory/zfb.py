@@ -1,0 +1,530 @@
+"""Zhang, Frei & Bartlett (2023), *Trained Transformers Learn Linear Models In-Context*: the LSA theory.
+
+Setting (derivations and numerical checks in docs/theory_zfb.md). Contexts x_i ~ N(0, Λ),
+i ≤ N, query x_q ~ N(0, Λ), task w ~ N(0, I_d), labels y = wᵀx (noiseless). Under the paper's
+initialisation a 1-layer linear self-attention (LSA) predicts
+
+    ŷ = u · hᵀ U x_q = hᵀ V x_q,      h = (1/N) Σ_{i≤N} y_i x_i,      V = u U  (d×d),
+
+and is trained on the population loss with the ½ (Λ SPD, Γ a polynomial in Λ, so ΓΛ = ΛΓ):
+
+    Γ = (1 + 1/N) Λ + (tr Λ / N) I,          E[h hᵀ] = ΓΛ,       E[h wᵀ] = Λ,
+    L(u, U) = ½ E(ŷ − y_q)² = ½ [u² tr(Uᵀ ΓΛ U Λ) − 2u tr(Uᵀ Λ²) + tr Λ],
+    argmin_V = Γ⁻¹,     L* = ½ [tr Λ − tr(Γ⁻¹ Λ²)]     (Λ = I: d(d+1) / (2(N + d + 1))).
+
+Gradient flow u' = −∂L/∂u, U' = −∂L/∂U conserves u² − ‖U‖_F², which fixes the limit
+(u∞, U∞) with u∞ U∞ = Γ⁻¹ (``converged_params``). ``icl_risk`` is the exact risk of any V on a
+test prompt of length M under task / query / covariate / prompt-length shift, and
+``random_cov_*`` covers the generalized setting (a random Λ = diag(U(lo, hi)^d) per prompt).
+
+Conventions: theory functions compute in float64 (``jax.enable_x64(True)`` inside) and return
+Python floats / NumPy float64 arrays; ``population_loss`` alone is plain jnp in the caller's
+dtype (differentiable, for training). ``*_risk`` functions return E(ŷ − y_q)² WITHOUT the ½.
+"""
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from ictl.tasks.linear import sample_linear_prompts
+from ictl.theory.ode import solve_ode
+
+ArrayLike = Float[Array, "..."] | np.ndarray
+
+
+# ----------------------------------------------------------------------------- validation
+def validate_cov(Lam, *, name: str = "Lam", allow_singular: bool = False) -> np.ndarray:
+    """Checks that ``Lam`` is a finite, square, symmetric, positive definite matrix (pure NumPy).
+
+    ``allow_singular=True`` accepts positive semi-definite matrices (e.g. a task covariance).
+    Returns it as a float64 NumPy array; raises ``ValueError`` naming ``name`` otherwise.
+    """
+    try:
+        a = np.asarray(Lam, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name}: must be a real d×d matrix ({e})") from None
+    if a.ndim != 2 or a.shape[0] != a.shape[1] or a.shape[0] == 0:
+        raise ValueError(f"{name}: must be a square d×d matrix with d ≥ 1, got shape {a.shape}")
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name}: must be finite, got non-finite entries")
+    scale = max(float(np.max(np.abs(a))), np.finfo(np.float64).tiny)
+    asym = float(np.max(np.abs(a - a.T)))
+    if asym > 1e-6 * scale:
+        raise ValueError(f"{name}: must be symmetric positive definite, got max|A − Aᵀ| = {asym:.3g}")
+    a = (a + a.T) / 2
+    kind = "positive semi-definite" if allow_singular else "positive definite"
+    lo = float(np.linalg.eigvalsh(a)[0])
+    if (lo < -1e-12 * scale) if allow_singular else (lo <= 1e-12 * scale):
+        raise ValueError(f"{name}: must be symmetric {kind}, got smallest eigenvalue {lo:.3g}")
+    return a
+
+
+def _check_len(name: str, n, *, allow_inf: bool = False):
+    if allow_inf and n == math.inf:
+        return math.inf
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        allowed = "a positive int or math.inf" if allow_inf else "a positive int"
+        raise ValueError(f"{name}: must be {allowed}, got {n!r}")
+    return int(n)
+
+
+def _check_pos(name: str, x, *, strict: bool = True) -> float:
+    x = float(x)
+    if not (math.isfinite(x) and (x > 0 if strict else x >= 0)):
+        raise ValueError(f"{name}: must be a finite number {'>' if strict else '>='} 0, got {x!r}")
+    return x
+
+
+# ----------------------------------------------------------------------------- closed forms
+def gamma(Lam: ArrayLike, N: int) -> Float[np.ndarray, "d d"]:
+    """Γ = (1 + 1/N) Λ + (tr Λ / N) I_d, the matrix with E[h hᵀ] = ΓΛ (d×d, float64)."""
+    lam = validate_cov(Lam)
+    N = _check_len("N", N)
+    return (1 + 1 / N) * lam + (np.trace(lam) / N) * np.eye(lam.shape[0])
+
+
+def optimal_V(Lam: ArrayLike, N: int) -> Float[np.ndarray, "d d"]:
+    """The minimiser of L over V = uU: ∇_V = ΓΛVΛ − Λ² = 0 ⇒ V* = Γ⁻¹ (d×d, float64)."""
+    return np.linalg.inv(gamma(Lam, N))
+
+
+def min_loss(Lam: ArrayLike, N: int) -> float:
+    """L* = ½ [tr Λ − tr(Γ⁻¹ Λ²)]; for Λ = I_d it equals d(d + 1) / (2(N + d + 1))."""
+    lam = validate_cov(Lam)
+    return 0.5 * float(np.trace(lam) - np.trace(np.linalg.solve(gamma(lam, N), lam @ lam)))
+
+
+def population_loss(u: Float[Array, ""], U: Float[Array, "d d"], Lam: Float[Array, "d d"], N: int) -> Float[Array, ""]:
+    """L(u, U) = ½ [u² tr(Uᵀ ΓΛ U Λ) − 2u tr(Uᵀ Λ²) + tr Λ], in the dtype of (u, U).
+
+    Plain jnp (jit/grad/vmap-able); Λ is cast to that dtype and not validated here (call
+    ``validate_cov`` once outside).
+    """
+    dtype = jnp.result_type(u, U)
+    lam = jnp.asarray(Lam, dtype)
+    tr = jnp.trace(lam)
+    gl = (1 + 1 / N) * (lam @ lam) + (tr / N) * lam  # ΓΛ
+    V = u * U
+    quad = jnp.sum(V * (gl @ V @ lam))  # tr(Vᵀ ΓΛ V Λ)
+    lin = jnp.sum(V * (lam @ lam))  # tr(Vᵀ Λ²)
+    return 0.5 * (quad - 2 * lin + tr)
+
+
+def _flow_field(lam, N):
+    """(u', U') = −∇L: U' = uΛ² − u² ΓΛUΛ, u' = tr(UᵀΛ²) − u tr(UᵀΓΛUΛ)."""
+    lam2 = lam @ lam
+    gl = (1 + 1 / N) * lam2 + (jnp.trace(lam) / N) * lam
+
+    def f(t, y):
+        u, U = y
+        glUl = gl @ U @ lam
+        return (jnp.sum(U * lam2) - u * jnp.sum(U * glUl), u * lam2 - u * u * glUl)
+
+    return f
+
+
+# ----------------------------------------------------------------------------- initialisation
+def paper_init(Lam_or_d, *, sigma: float, key_or_Theta) -> tuple[float, Float[np.ndarray, "d d"]]:
+    """The paper's init W^PV(0) = σ[[0,0],[0,1]], W^KQ(0) = σ[[ΘΘᵀ,0],[0,0]], ‖ΘΘᵀ‖_F = 1.
+
+    Returns (u0, U0) = (σ, σ ΘΘᵀ / ‖ΘΘᵀ‖_F). ``Lam_or_d``: d or a d×d Λ (only its size is
+    used). ``key_or_Theta``: a PRNG key (then Θ has i.i.d. N(0, 1) entries) or a d×d Θ.
+    Note u0² − ‖U0‖_F² = 0, so u stays > 0 and ‖U‖_F = u along the flow.
+    """
+    d = int(Lam_or_d) if np.ndim(Lam_or_d) == 0 else validate_cov(Lam_or_d).shape[0]
+    if d < 1:
+        raise ValueError(f"Lam_or_d: must be d ≥ 1 or a d×d matrix, got {Lam_or_d!r}")
+    sigma = _check_pos("sigma", sigma)
+    k = key_or_Theta
+    is_key = isinstance(k, jax.Array) and (jax.dtypes.issubdtype(k.dtype, jax.dtypes.prng_key)
+                                           or (k.dtype == jnp.uint32 and k.shape == (2,)))
+    if is_key:
+        with jax.enable_x64(True):
+            theta = np.asarray(jax.random.normal(k, (d, d), jnp.float64))
+    else:
+        theta = np.asarray(k, np.float64)
+        if theta.shape != (d, d):
+            raise ValueError(f"key_or_Theta: must be a PRNG key or a {d}×{d} Θ, got shape {theta.shape}")
+    tt = theta @ theta.T
+    nrm = np.linalg.norm(tt)
+    if not nrm > 0:
+        raise ValueError("key_or_Theta: Θ must be nonzero")
+    return sigma, sigma * tt / nrm
+
+
+# ----------------------------------------------------------------------------- gradient flow
+class Trajectory(NamedTuple):
+    """A training trajectory at S save times (NumPy float64)."""
+
+    t: Float[np.ndarray, "S"]
+    loss: Float[np.ndarray, "S"]  # L(u(t), U(t)), with the ½
+    u: Float[np.ndarray, "S"]
+    U: Float[np.ndarray, "S d d"]
+    conserved: Float[np.ndarray, "S"]  # u² − ‖U‖_F²
+    V_err: Float[np.ndarray, "S"]  # ‖uU − Γ⁻¹‖_F / ‖Γ⁻¹‖_F
+    loss_star: float  # L*, for time_to_eps
+
+
+def _trajectory(t, u, U, lam, N) -> Trajectory:
+    vinv = np.linalg.inv(gamma(lam, N))
+    with jax.enable_x64(True):
+        loss = jax.vmap(population_loss, in_axes=(0, 0, None, None))(jnp.asarray(u), jnp.asarray(U), jnp.asarray(lam), N)
+    u, U = np.asarray(u), np.asarray(U)
+    V = u[:, None, None] * U
+    return Trajectory(
+        t=np.asarray(t), loss=np.asarray(loss), u=u, U=U,
+        conserved=u**2 - np.sum(U**2, axis=(1, 2)),
+        V_err=np.linalg.norm(V - vinv, axis=(1, 2)) / np.linalg.norm(vinv),
+        loss_star=min_loss(lam, N))
+
+
+@partial(jax.jit, static_argnames=("N", "num_saves", "method", "rtol", "atol", "num_steps", "max_steps"))
+def _flow_solve(u0, U0, lam, t1, *, N, num_saves, method, rtol, atol, num_steps, max_steps):
+    # Solved in s = t / t1 ∈ [0, 1] (dy/ds = t1 f(y)) so that t1 is traced: no recompile per t1.
+    f = _flow_field(lam, N)
+    sol = solve_ode(lambda s, y: jax.tree.map(lambda g: t1 * g, f(s, y)), (u0, U0), t1=1.0,
+                    num_saves=num_saves, method=method, rtol=rtol, atol=atol, num_steps=num_steps,
+                    max_steps=max_steps)
+    return sol._replace(ts=t1 * sol.ts)
+
+
+def gradient_flow(u0: float, U0: ArrayLike, Lam: ArrayLike, N: int, *, t1: float, num_saves: int = 201,
+                  method: str = "dopri5", rtol: float = 1e-10, atol: float = 1e-12,
+                  num_steps: int | None = None, max_steps: int = 200_000) -> Trajectory:
+    """Solves the gradient flow of L from (u0, U0) on [0, t1] in float64 (see ``_flow_field``).
+
+    ``method="dopri5"`` (adaptive, rtol/atol) or ``"rk4"`` (``num_steps`` fixed steps).
+    Raises RuntimeError if dopri5 exhausts ``max_steps``.
+    """
+    lam = validate_cov(Lam)
+    N = _check_len("N", N)
+    U0 = np.asarray(U0, np.float64)
+    if U0.shape != lam.shape:
+        raise ValueError(f"U0: must have Λ's shape {lam.shape}, got {U0.shape}")
+    with jax.enable_x64(True):
+        sol = _flow_solve(jnp.float64(u0), jnp.asarray(U0), jnp.asarray(lam), jnp.float64(_check_pos("t1", t1)),
+                          N=N, num_saves=int(num_saves), method=method, rtol=float(rtol), atol=float(atol),
+                          num_steps=num_steps, max_steps=int(max_steps))
+        if not bool(sol.success):
+            raise RuntimeError(f"gradient_flow: dopri5 used max_steps={max_steps} before t1={t1}")
+        u, U = sol.ys
+    return _trajectory(sol.ts, u, U, lam, N)
+
+
+def converged_params(u0: float, U0: ArrayLike, Lam: ArrayLike, N: int) -> tuple[float, Float[np.ndarray, "d d"]]:
+    """The limit of the gradient flow from (u0, U0): u∞ U∞ = Γ⁻¹ with u∞² − ‖U∞‖_F² = c.
+
+    c = u0² − ‖U0‖_F² is conserved, so u∞² − ‖Γ⁻¹‖_F² / u∞² = c, i.e.
+        u∞² = (c + sqrt(c² + 4 ‖Γ⁻¹‖_F²)) / 2,       U∞ = Γ⁻¹ / u∞.
+    If c ≥ 0 and u0 ≠ 0, u never crosses 0 (u² ≥ c, and (0, 0) is a fixed point), so
+    sign u∞ = sign u0. For c < 0 u may change sign: the sign is read off a gradient-flow solve
+    run until uU is within 50% of Γ⁻¹ (then |u| ≈ |u∞| > 0 and the sign no longer changes).
+    """
+    lam = validate_cov(Lam)
+    vstar = optimal_V(lam, N)
+    U0 = np.asarray(U0, np.float64)
+    c = float(u0) ** 2 - float(np.sum(U0**2))
+    s2 = float(np.sum(vstar**2))
+    u_inf = math.sqrt((c + math.sqrt(c * c + 4 * s2)) / 2)
+    scale = float(u0) ** 2 + float(np.sum(U0**2))
+    if scale == 0 or (float(u0) == 0 and not np.any(U0)):
+        raise ValueError("u0, U0: (0, 0) is a fixed point of the flow; it does not converge")
+    if c >= -1e-12 * scale and u0 != 0:
+        sign = math.copysign(1.0, float(u0))
+    else:
+        t1 = 10.0
+        for _ in range(12):
+            traj = gradient_flow(u0, U0, lam, N, t1=t1, num_saves=2)
+            if traj.V_err[-1] < 0.5:
+                break
+            t1 *= 2
+        else:
+            raise ValueError("u0, U0: the flow did not approach Γ⁻¹ by t = 2e4 (a saddle?)")
+        sign = math.copysign(1.0, float(traj.u[-1]))
+    return sign * u_inf, vstar / (sign * u_inf)
+
+
+def time_to_eps(traj: Trajectory, eps: float) -> float:
+    """The first t with L(t) − L* ≤ eps (math.inf if never), interpolated between saves.
+
+    The gap decays exponentially near the end, so between the bracketing saves the time is
+    interpolated linearly in log(gap) (linearly in the gap if it is ≤ 0 at the right end).
+    """
+    eps = _check_pos("eps", eps)
+    gap = np.asarray(traj.loss) - traj.loss_star
+    hit = np.nonzero(gap <= eps)[0]
+    if hit.size == 0:
+        return math.inf
+    i = int(hit[0])
+    if i == 0:
+        return float(traj.t[0])
+    g0, g1, t0, t1 = gap[i - 1], gap[i], traj.t[i - 1], traj.t[i]
+    if g1 > 0:
+        frac = (math.log(g0) - math.log(eps)) / (math.log(g0) - math.log(g1))
+    else:
+        frac = (g0 - eps) / (g0 - g1)
+    return float(t0 + frac * (t1 - t0))
+
+
+@partial(jax.jit, static_argnames=("N", "num_saves", "save_every"))
+def _gd_scan(u0, U0, lam, lr, *, N, num_saves, save_every):
+    grad = jax.grad(population_loss, argnums=(0, 1))
+
+    def step(_, p):
+        gu, gU = grad(p[0], p[1], lam, N)
+        return p[0] - lr * gu, p[1] - lr * gU
+
+    def save(p, _):
+        p = jax.lax.fori_loop(0, save_every, step, p)
+        return p, p
+
+    _, (u, U) = jax.lax.scan(save, (u0, U0), None, length=num_saves - 1)
+    return jnp.concatenate([u0[None], u]), jnp.concatenate([U0[None], U])
+
+
+def gd_on_population(u0: float, U0: ArrayLike, Lam: ArrayLike, N: int, *, lr: float, num_steps: int,
+                     save_every: int = 1) -> Trajectory:
+    """Gradient descent (u, U) ← (u, U) − lr ∇L(u, U) in float64, saved every ``save_every``
+    steps at t = lr·k (Euler's method on the gradient flow: O(lr) from it at fixed t)."""
+    lam = validate_cov(Lam)
+    N = _check_len("N", N)
+    lr = _check_pos("lr", lr)
+    num_steps, save_every = _check_len("num_steps", num_steps), _check_len("save_every", save_every)
+    if num_steps % save_every:
+        raise ValueError(f"save_every: must divide num_steps={num_steps}, got {save_every}")
+    num_saves = num_steps // save_every + 1
+    with jax.enable_x64(True):
+        u, U = _gd_scan(jnp.float64(u0), jnp.asarray(U0, jnp.float64), jnp.asarray(lam), jnp.float64(lr),
+                        N=N, num_saves=num_saves, save_every=save_every)
+    return _trajectory(lr * save_every * np.arange(num_saves), u, U, lam, N)
+
+
+# ----------------------------------------------------------------------------- risk under shifts
+def _risk_inputs(V, Lam_ctx, Lam_query, w_cov, w):
+    V = np.asarray(V, np.float64)
+    if V.ndim != 2 or V.shape[0] != V.shape[1]:
+        raise ValueError(f"V: must be a square d×d matrix, got shape {V.shape}")
+    d = V.shape[0]
+    C = np.eye(d) if Lam_ctx is None else validate_cov(Lam_ctx, name="Lam_ctx")
+    Q = C if Lam_query is None else validate_cov(Lam_query, name="Lam_query")
+    if w is not None and w_cov is not None:
+        raise ValueError("w: give either a fixed task w or its covariance w_cov, not both")
+    if w is not None:
+        w = np.asarray(w, np.float64)
+        if w.shape != (d,):
+            raise ValueError(f"w: must have shape ({d},), got {w.shape}")
+        W = np.outer(w, w)
+    else:
+        W = np.eye(d) if w_cov is None else validate_cov(w_cov, name="w_cov", allow_singular=True)
+    for name, m in (("Lam_ctx", C), ("Lam_query", Q), ("w_cov", W)):
+        if m.shape != (d, d):
+            raise ValueError(f"{name}: must be {d}×{d} like V, got {m.shape}")
+    return V, C, Q, W, w
+
+
+def icl_risk(V: ArrayLike, *, M: int | float, Lam_ctx: ArrayLike | None = None, Lam_query: ArrayLike | None = None,
+             w_cov: ArrayLike | None = None, w: ArrayLike | None = None, noise_std: float = 0.0) -> float:
+    """Exact E[(ŷ − y_q)²] (NO ½) of ŷ = hᵀ V x_q, h = (1/M) Σ_{i≤M} y_i x_i, on a test prompt.
+
+    x_i ~ N(0, C = Λ_ctx) (default I), x_q ~ N(0, Q = Λ_query) (default C), w ~ N(0, W) with
+    W = w_cov (default I) or W = w wᵀ for a fixed task w, y = wᵀx + ε with ε ~ N(0, σ²) on
+    context and query labels. With B = V Q Vᵀ and E[S B S] = (1 + 1/M) CBC + tr(BC) C / M for
+    S = (1/M) Σ x_i x_iᵀ (Isserlis),
+
+        R = (1 + 1/M) tr(CBCW) + tr(BC) tr(CW)/M − 2 tr(CVQW) + tr(QW) + σ² tr(BC)/M + σ².
+
+    ``M = math.inf`` gives the limit R∞ = tr((CV − I) Q (VᵀC − I) W) + σ²: with V = Γ⁻¹ and
+    C ≠ Λ this is the covariate-shift bias E wᵀ(I − CΓ⁻¹) Q (I − Γ⁻¹C) w that does not vanish.
+    With C = Q = Λ, W = I, σ = 0, M = N and V = uU: R = 2 L(u, U).
+    """
+    V, C, Q, W, _ = _risk_inputs(V, Lam_ctx, Lam_query, w_cov, w)
+    M = _check_len("M", M, allow_inf=True)
+    s2 = _check_pos("noise_std", noise_std, strict=False) ** 2
+    inv_m = 0.0 if M == math.inf else 1.0 / M
+    B = V @ Q @ V.T
+    tr_bc = np.trace(B @ C)
+    r = ((1 + inv_m) * np.trace(C @ B @ C @ W) + inv_m * tr_bc * np.trace(C @ W)
+         - 2 * np.trace(C @ V @ Q @ W) + np.trace(Q @ W) + s2 * inv_m * tr_bc + s2)
+    return float(r)
+
+
+def icl_risk_limit(V: ArrayLike, **kwargs) -> float:
+    """``icl_risk`` as M → ∞: tr((CV − I) Q (VᵀC − I) W) + σ² (same keywords, no M)."""
+    return icl_risk(V, M=math.inf, **kwargs)
+
+
+@partial(jax.jit, static_argnames=("M", "d", "chunk", "random_cov", "ols"))
+def _sq_err_chunk(key, V, C, Q, W, w, noise_std, *, M, d, chunk, random_cov, ols):
+    p = sample_linear_prompts(key, batch=chunk, n_ctx=M, d=d, cov=C, query_cov=Q, random_cov=random_cov,
+                              w_cov=W, w=w, noise_std=noise_std, dtype=jnp.float64)
+    xq_Bxd = p.x_q[:, 0, :]
+    if ols:  # min-norm least squares ŵ = X⁺ y on the context, ŷ = ŵᵀ x_q
+        w_hat_Bxd = jnp.einsum("bdn,bn->bd", jnp.linalg.pinv(p.x_ctx), p.y_ctx)
+        y_hat = jnp.einsum("bd,bd->b", w_hat_Bxd, xq_Bxd)
+    else:
+        h_Bxd = jnp.einsum("bn,bnd->bd", p.y_ctx, p.x_ctx) / M
+        y_hat = jnp.einsum("bd,de,be->b", h_Bxd, V, xq_Bxd)
+    err = (y_hat - p.y_q[:, 0]) ** 2
+    return jnp.sum(err), jnp.sum(err**2)
+
+
+def _mc(key, V, *, M, d, Lam_ctx, Lam_query, w_cov, w, noise_std, random_cov, num_prompts, chunk, ols):
+    M = _check_len("M", M)
+    num_prompts = _check_len("num_prompts", num_prompts)
+    if num_prompts < 2:
+        raise ValueError(f"num_prompts: must be ≥ 2 for a standard error, got {num_prompts}")
+    chunk = min(_check_len("chunk", chunk), num_prompts)
+    if random_cov is not None:
+        lo, hi = _check_uniform(random_cov[0], random_cov[1])
+        random_cov = (lo, hi)
+    noise_std = _check_pos("noise_std", noise_std, strict=False)
+    n_chunks = -(-num_prompts // chunk)
+    s1 = s2 = 0.0
+    # Explicit covariances (I / C by default) keep one compiled sampler per (M, d, chunk) shape.
+    C = np.eye(d) if Lam_ctx is None else np.asarray(Lam_ctx, np.float64)
+    Q = C if Lam_query is None else np.asarray(Lam_query, np.float64)
+    W = np.eye(d) if w_cov is None else np.asarray(w_cov, np.float64)
+    with jax.enable_x64(True):
+        args = [None if a is None else jnp.asarray(a, jnp.float64) for a in (V, C, Q, W, w)]
+        if w is not None:
+            args[3] = None
+        for i in range(n_chunks):
+            a, b = _sq_err_chunk(jax.random.fold_in(key, i), *args, jnp.float64(noise_std), M=M, d=d,
+                                 chunk=chunk, random_cov=random_cov, ols=ols)
+            s1, s2 = s1 + float(a), s2 + float(b)
+    n = n_chunks * chunk
+    mean = s1 / n
+    var = max(s2 / n - mean**2, 0.0) * n / (n - 1)
+    return mean, math.sqrt(var / n)
+
+
+def icl_risk_mc(key: jax.Array, V: ArrayLike, *, M: int, Lam_ctx: ArrayLike | None = None,
+                Lam_query: ArrayLike | None = None, w_cov: ArrayLike | None = None, w: ArrayLike | None = None,
+                noise_std: float = 0.0, random_cov: tuple[float, float] | None = None, num_prompts: int,
+                chunk: int = 20_000) -> tuple[float, float]:
+    """Monte Carlo of E[(ŷ − y_q)²] (no ½) with ``sample_linear_prompts`` (float64, 1 query).
+
+    Returns (mean, standard error = sample std / √n), n = num_prompts rounded up to whole
+    chunks. ``random_cov=(lo, hi)`` draws Λ = diag(U(lo, hi)^d) per prompt (then the covs
+    are ignored). Deterministic in ``key``.
+    """
+    V = np.asarray(V, np.float64)
+    if random_cov is None:
+        V, *_ = _risk_inputs(V, Lam_ctx, Lam_query, w_cov, w)
+    return _mc(key, V, M=M, d=V.shape[0], Lam_ctx=Lam_ctx, Lam_query=Lam_query, w_cov=w_cov, w=w,
+               noise_std=noise_std, random_cov=random_cov, num_prompts=num_prompts, chunk=chunk, ols=False)
+
+
+# ----------------------------------------------------------------------------- OLS baseline
+def ols_risk(*, M: int, d: int, Lam_ctx: ArrayLike | None = None, Lam_query: ArrayLike | None = None,
+             noise_std: float = 0.0) -> float:
+    """Exact E[(ŵᵀx_q − y_q)²] (no ½) of min-norm least squares ŵ = X⁺y on M context examples.
+
+    w ~ N(0, I_d), x_i ~ N(0, C), x_q ~ N(0, Q), label noise σ² on context and query:
+      * M ≥ d, σ = 0: 0 (w is recovered exactly).
+      * M > d + 1: σ² (1 + tr(Q C⁻¹) / (M − d − 1))   (E[(XᵀX)⁻¹] = C⁻¹/(M − d − 1));
+        Q = C gives σ² (1 + d/(M − d − 1)).
+      * M < d − 1 (C = cI only): tr(Q)(1 − M/d) + σ² tr(Q) M / (d(d − M − 1)) + σ², from
+        E[X⁺X] = (M/d) I and E[X⁺X⁺ᵀ] = M / (d(d − M − 1)) I (rotation invariance); σ = 0 also
+        allows M = d − 1.
+      * otherwise (noisy, d − 1 ≤ M ≤ d + 1): math.inf.
+    """
+    d, M = _check_len("d", d), _check_len("M", M)
+    s2 = _check_pos("noise_std", noise_std, strict=False) ** 2
+    C = np.eye(d) if Lam_ctx is None else validate_cov(Lam_ctx, name="Lam_ctx")
+    Q = C if Lam_query is None else validate_cov(Lam_query, name="Lam_query")
+    if C.shape != (d, d) or Q.shape != (d, d):
+        raise ValueError(f"Lam_ctx, Lam_query: must be {d}×{d}, got {C.shape}, {Q.shape}")
+    if M >= d and s2 == 0:
+        return 0.0
+    if M > d + 1:
+        return s2 * (1 + float(np.trace(np.linalg.solve(C, Q))) / (M - d - 1))
+    if M < d:
+        if not np.allclose(C, C[0, 0] * np.eye(d), rtol=1e-12, atol=0):
+            raise ValueError("Lam_ctx: the M < d closed form needs isotropic contexts (a multiple of I)")
+        trq = float(np.trace(Q))
+        if s2 == 0:
+            return trq * (1 - M / d)
+        if M < d - 1:
+            return trq * (1 - M / d) + s2 * trq * M / (d * (d - M - 1)) + s2
+    return math.inf
+
+
+def ols_risk_mc(key: jax.Array, *, M: int, d: int, Lam_ctx: ArrayLike | None = None,
+                Lam_query: ArrayLike | None = None, noise_std: float = 0.0, num_prompts: int,
+                chunk: int = 20_000) -> tuple[float, float]:
+    """Monte Carlo (mean, standard error) of the min-norm OLS risk, same setting as ``ols_risk``."""
+    d = _check_len("d", d)
+    return _mc(key, np.zeros((d, d)), M=M, d=d, Lam_ctx=Lam_ctx, Lam_query=Lam_query, w_cov=None, w=None,
+               noise_std=noise_std, random_cov=None, num_prompts=num_prompts, chunk=chunk, ols=True)
+
+
+# ----------------------------------------------------------------------------- random covariance
+def _check_uniform(lo, hi) -> tuple[float, float]:
+    lo, hi = float(lo), float(hi)
+    if not (math.isfinite(lo) and math.isfinite(hi) and 0 <= lo <= hi and hi > 0):
+        raise ValueError(f"lo, hi: must satisfy 0 ≤ lo ≤ hi, hi > 0, got ({lo}, {hi})")
+    return lo, hi
+
+
+def uniform_moments(lo: float, hi: float) -> tuple[float, float, float]:
+    """(m1, m2, m3), m_k = E λ^k = (hi^{k+1} − lo^{k+1}) / ((k + 1)(hi − lo)) for λ ~ U(lo, hi)."""
+    lo, hi = _check_uniform(lo, hi)
+    if hi == lo:
+        return lo, lo**2, lo**3
+    return tuple((hi ** (k + 1) - lo ** (k + 1)) / ((k + 1) * (hi - lo)) for k in (1, 2, 3))
+
+
+class RandomCovFixedPoint(NamedTuple):
+    V: Float[np.ndarray, "d d"]  # the minimiser V* = v* I of E_Λ L_Λ(V)
+    loss: float  # E_Λ L_Λ(V*), with the ½ (= ½ random_cov_risk(V*, M=N))
+    floor: float  # random_cov_risk(V*, M=∞) > 0: the error left with infinitely long prompts
+
+
+def random_cov_risk(V: ArrayLike, *, M: int | float, d: int, lo: float, hi: float, noise_std: float = 0.0) -> float:
+    """Exact E_Λ E[(ŷ − y_q)²] (no ½) for ŷ = hᵀ V x_q when each prompt has Λ = diag(λ),
+    λ_j ~ U(lo, hi) i.i.d. (contexts and query), w ~ N(0, I), noise σ², prompt length M.
+
+    Averaging ``icl_risk`` over λ (Λ diagonal makes every term a sum over entries V_jk):
+        R = Σ_jk V_jk² [(1 + 1/M) E1_jk + E2_jk/M + σ² E3_jk/M] − 2 m2 tr V + d m1 + σ²,
+    E1 = E[λ_j² λ_k] (m3 on, m2 m1 off the diagonal), E2 = E[λ_j λ_k Σ_l λ_l]
+    (m3 + (d−1) m2 m1 on, 2 m2 m1 + (d−2) m1³ off), E3 = E[λ_j λ_k] (m2 on, m1² off).
+    ``M = math.inf`` gives the floor Σ V_jk² E1_jk − 2 m2 tr V + d m1 + σ².
+    """
+    d = _check_len("d", d)
+    V = np.asarray(V, np.float64)
+    if V.shape != (d, d):
+        raise ValueError(f"V: must be {d}×{d}, got shape {V.shape}")
+    M = _check_len("M", M, allow_inf=True)
+    s2 = _check_pos("noise_std", noise_std, strict=False) ** 2
+    m1, m2, m3 = uniform_moments(lo, hi)
+    eye, off = np.eye(d), 1 - np.eye(d)
+    e1 = m3 * eye + m2 * m1 * off
+    e2 = (m3 + (d - 1) * m2 * m1) * eye + (2 * m2 * m1 + (d - 2) * m1**3) * off
+    e3 = m2 * eye + m1**2 * off
+    inv_m = 0.0 if M == math.inf else 1.0 / M
+    quad = np.sum(V**2 * ((1 + inv_m) * e1 + inv_m * e2 + s2 * inv_m * e3))
+    return float(quad - 2 * m2 * np.trace(V) + d * m1 + s2)
+
+
+def random_cov_fixed_point(d: int, N: int, lo: float, hi: float) -> RandomCovFixedPoint:
+    """V* = argmin_V E_Λ L_Λ(V) for Λ = diag(λ), λ_j ~ U(lo, hi), training prompt length N.
+
+    E_Λ L_Λ(V) = ½ [Σ_jk V_jk² E(a_j λ_k) − 2 m2 tr V + d m1], a_j = (ΓΛ)_jj, is diagonal in
+    vec V (the d²×d² normal equations decouple), so off-diagonal V*_jk = 0 and
+        V* = v* I,   v* = m2 / E(a_j λ_j) = m2 / ((1 + 2/N) m3 + (d − 1) m1 m2 / N),
+        E L(V*) = ½ d (m1 − m2 v*).
+    (lo = hi = 1 gives back Γ⁻¹ = N/(N + d + 1) I.) As N, M → ∞ the floor tends to
+    d(m1 − m2²/m3) > 0 unless lo = hi: one fixed preconditioner cannot invert every Λ.
+    """
+    d, N = _check_len("d", d), _check_len("N", N)
+    m1, m2, m3 = uniform_moments(lo, hi)
+    v = m2 / ((1 + 2 / N) * m3 + (d - 1) * m1 * m2 / N)
+    V = v * np.eye(d)
+    return RandomCovFixedPoint(V=V, loss=0.5 * d * (m1 - m2 * v), floor=random_cov_risk(V, M=math.inf, d=d, lo=lo, hi=hi))
