@@ -127,3 +127,16 @@ def test_sigterm_checkpoints_then_exits(tmp_path):
     assert "SIGTERM" in r.stderr
     steps = sorted(int(p.name) for p in (tmp_path / "ckpt").iterdir() if p.name.isdigit())
     assert steps and 8 <= steps[-1] <= 10, steps  # saved right after the step the signal interrupted
+
+
+def test_step_compiles_once(tmp_path):
+    """The jitted step is traced once for the whole run (no silent recompiles per step)."""
+    state, step = _setup()
+    traces = []
+
+    def counted(st, key):
+        traces.append(1)  # runs at trace time only
+        return step(st, key)
+
+    fit(state, counted, key=jax.random.key(6), num_steps=25, workdir=tmp_path, log_every=5, ckpt_every=10)
+    assert len(traces) == 1
