@@ -56,7 +56,9 @@ def _parse_value(key: str, text: str, current: Any) -> Any:
         try:
             value = ast.literal_eval(text if text.strip().startswith(("(", "[")) else f"({text},)")
         except (ValueError, SyntaxError):
-            raise ConfigError(f"config.{key}={text!r}: allowed a comma-separated list like 1,2,3") from None
+            if current and not all(isinstance(v, str) for v in current):
+                raise ConfigError(f"config.{key}={text!r}: allowed a comma-separated list like 1,2,3") from None
+            value = [part.strip() for part in text.split(",") if part.strip()]  # a list of names
         return type(current)(value)
     try:  # None or other: a Python literal, else the string itself
         return ast.literal_eval(text)

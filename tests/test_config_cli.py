@@ -12,10 +12,11 @@ from ictl.config import ConfigError, apply_overrides
 
 
 def test_overrides_types():
-    c = ml_collections.ConfigDict(dict(a=1, b=0.5, s="x", t=(1, 2), nested=dict(f=True)))
+    c = ml_collections.ConfigDict(dict(a=1, b=0.5, s="x", t=(1, 2), names=("p", "q"), nested=dict(f=True)))
     out = apply_overrides(c, ["--config.a=3", "--config.b=2", "--config.t=4,5,6", "--config.nested.f=false",
-                              "--config.s=hello"])
+                              "--config.s=hello", "--config.names=rademacher,gaussian"])
     assert (out.a, out.b, out.t, out.nested.f, out.s) == (3, 2.0, (4, 5, 6), False, "hello")
+    assert out.names == ("rademacher", "gaussian")
     assert c.a == 1  # the original is not changed
     for bad, word in [("--config.zz=1", "unknown key"), ("--config.a=x", "integer"), ("--config.nested.f=maybe", "true or false"),
                       ("--config.b=abc", "number")]:
