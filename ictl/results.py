@@ -46,6 +46,7 @@ def save_figure(fig, workdir: pathlib.Path | str, stem: str) -> list[pathlib.Pat
     import matplotlib.pyplot as plt
 
     out = []
+    fig.tight_layout()
     for ext in ("png", "pdf"):
         path = pathlib.Path(workdir) / f"{stem}.{ext}"
         fig.savefig(path, dpi=130 if ext == "png" else None, bbox_inches="tight")
