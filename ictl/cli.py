@@ -33,6 +33,15 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(f"{self.prog}: {message}")
 
 
+def _enable_compile_cache() -> None:
+    """JAX's persistent compilation cache (ICTL_CACHE_DIR, default <repo>/.cache/jax): repeated runs skip compiles."""
+    import jax
+
+    path = os.environ.get("ICTL_CACHE_DIR", str(pathlib.Path(__file__).resolve().parents[1] / ".cache" / "jax"))
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
 def experiment_names() -> list[str]:
     import experiments
 
@@ -216,6 +225,7 @@ def main(argv=None) -> int:
         if overrides and args.command != "run":
             raise ConfigError(f"--config.* overrides: only `ictl run` takes them, not `ictl {args.command}`")
         _set_mesh_env(getattr(args, "mesh", None))
+        _enable_compile_cache()
         from ictl.train.mesh import maybe_initialize_distributed
 
         maybe_initialize_distributed()
