@@ -1,0 +1,201 @@
+"""Garg, Tsipras, Liang & Valiant (2022), "What can transformers learn in-context?", Fig. 2:
+a GPT-2-style transformer trained on noiseless linear-regression prompts matches least squares.
+
+Command: `ictl run garg_linear` (quick: tiny model 3L/2H/64, d = 5, 11 points, fresh prompts
+every step, 10k Adam steps 2e-3 → 2e-4). Runtime: 336 CPU-s; ≈ 5 min on an unloaded 2-core CPU
+(estimate from the 28 ms step; 10.6 min measured on the shared, loaded machine).
+Expected (theory): after k isotropic examples the optimal (and least-squares) error is
+error/d = 1 − k/d for k < d and 0 for k ≥ d; the trained transformer should follow it
+(Garg: close to 1 − k/d below d, ≲ 0.1 from k ≥ d + 2), far below 3-NN and averaging.
+Measured (seed 0): 0.835, 0.666, 0.422, 0.317 at k = 1..4; 0.093, 0.064, 0.057, 0.041 at k = 7..10.
+Paper scale (`--config.scale=paper`): standard model 12L/8H/256, d = 20, 41 points,
+curriculum 5→20 dims / 11→41 points, Adam 1e-4, batch 64, 500k steps — an accelerator run
+(docs/garg.md gives the commands and sharding).
+"""
+from __future__ import annotations
+
+import functools
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from ictl import baselines as bl
+from ictl import evaluation as ev
+from ictl.config import SCALES, ConfigError, check
+from ictl.results import new_figure, row, save_figure, write_results
+from ictl.tasks import function_classes as fc
+from ictl.train import TrainState, fit, shard_batch
+from models.gpt import GPT, SIZES, GPTConfig, init_params, num_params
+
+REPRODUCE = True
+TITLE = "Garg et al. 2022 Fig. 2: GPT-2-style ICL of linear regression vs least squares / 3-NN / averaging"
+
+
+def get_config(scale: str = "quick") -> ml_collections.ConfigDict:
+    if scale not in SCALES:
+        raise ConfigError(f"scale={scale!r}: allowed {SCALES}")
+    c = ml_collections.ConfigDict()
+    c.scale = scale
+    c.seed = 0
+    c.task = "linear"
+    c.size = "tiny"
+    c.dtype = "float32"
+    c.attention_backend = "softmax"
+    c.d = 5
+    c.n_points = 11
+    c.batch = 64
+    c.lr = 2e-3
+    c.warmup = 500
+    c.lr_end = 0.1                # final lr as a fraction of lr (cosine decay); 1.0 = constant
+    c.train_steps = 10000
+    c.curriculum = False          # Garg's dims/points curriculum (needs d >= 20, n_points >= 41)
+    c.eval_prompts = 1280
+    c.n_boot = 1000
+    c.log_every = 250
+    c.ckpt_every = 2000
+    if scale == "paper":
+        c.size, c.d, c.n_points, c.lr, c.warmup, c.lr_end = "standard", 20, 41, 1e-4, 0, 1.0
+        c.train_steps, c.curriculum, c.log_every, c.ckpt_every = 500_000, True, 1000, 10_000
+    return c
+
+
+def validate(config) -> None:
+    check(config.scale in SCALES, "scale", config.scale, str(SCALES))
+    check(config.task in fc.TASKS, "task", config.task, str(tuple(fc.TASKS)))
+    check(config.size in SIZES, "size", config.size, str(tuple(SIZES)))
+    check(config.dtype in ("float32", "bfloat16"), "dtype", config.dtype, "float32 or bfloat16")
+    check(isinstance(config.d, int) and config.d >= 1, "d", config.d, "an integer >= 1")
+    check(isinstance(config.n_points, int) and config.n_points >= 2, "n_points", config.n_points, "an integer >= 2")
+    check(config.batch >= 1, "batch", config.batch, "an integer >= 1")
+    check(config.lr > 0, "lr", config.lr, "a positive number")
+    check(config.train_steps >= 1, "train_steps", config.train_steps, "an integer >= 1")
+    check(0 <= config.warmup < config.train_steps, "warmup", config.warmup, "0 <= warmup < train_steps")
+    check(0 < config.lr_end <= 1, "lr_end", config.lr_end, "a number in (0, 1]")
+    check(config.eval_prompts >= 2, "eval_prompts", config.eval_prompts, "an integer >= 2")
+    if config.curriculum:
+        check(config.d >= fc.GARG_DIMS.end, "d", config.d, f">= {fc.GARG_DIMS.end} with curriculum=True")
+        check(config.n_points >= fc.GARG_POINTS.end, "n_points", config.n_points,
+              f">= {fc.GARG_POINTS.end} with curriculum=True")
+    try:
+        GPTConfig.named(config.size, d_in=config.d, max_points=config.n_points, dtype=config.dtype,
+                        attention_backend=config.attention_backend)
+    except ValueError as e:
+        raise ConfigError(f"config: {e}") from None
+
+
+def model_config(config) -> GPTConfig:
+    return GPTConfig.named(config.size, d_in=config.d, max_points=config.n_points, dtype=config.dtype,
+                           attention_backend=config.attention_backend)
+
+
+def make_icl_step(model: GPT, tx, config):
+    """`step(state, key)` for `ictl.train.fit`: fresh prompts from ``key``, Garg's squared error
+    over the active points (the curriculum reads ``state.step``), Adam update."""
+    d, n = config.d, config.n_points
+    if config.curriculum:
+        dims, points = fc.GARG_DIMS, fc.GARG_POINTS
+    else:
+        dims, points = fc.Schedule(d, d, 0, 1), fc.Schedule(n, n, 0, 1)
+
+    def loss_fn(params, key, step):
+        d_act, _, _, pmask_N = fc.curriculum_masks(step, d=d, n_points=n, dims=dims, points=points)
+        p = fc.sample_prompts(key, config.task, batch=config.batch, n_points=n, d=d, d_active=d_act)
+        x, y = shard_batch((p.x, p.y))
+        pred = fc.predictions_at_x(model.apply(params, fc.interleave(x, y)))
+        se_BxN = jnp.square(pred - y) * pmask_N[None, :]
+        loss = jnp.sum(se_BxN) / (config.batch * jnp.sum(pmask_N))
+        return loss, {"err_per_d": loss / d_act, "d_active": d_act}
+
+    def step(state: TrainState, key):
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, key, state.step)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return step
+
+
+def optimizer(config):
+    """Adam; linear warmup, then cosine decay from lr to lr·lr_end (lr_end = 1: constant, Garg)."""
+    decay = optax.cosine_decay_schedule(config.lr, max(config.train_steps - config.warmup, 1), alpha=config.lr_end)
+    lr = optax.join_schedules([optax.linear_schedule(0.0, config.lr, config.warmup), decay], [config.warmup])
+    return optax.adam(lr)
+
+
+def train(config, workdir: pathlib.Path):
+    """Trains (or resumes) the transformer; returns (model, params, history, seconds)."""
+    model = GPT(model_config(config))
+    key = jax.random.key(config.seed)
+    params = init_params(model.cfg, jax.random.fold_in(key, 0))
+    tx = optimizer(config)
+    state = TrainState.create(params=params, tx=tx)
+    t0 = time.time()
+    state, history = fit(state, make_icl_step(model, tx, config), key=jax.random.fold_in(key, 1),
+                         num_steps=config.train_steps, workdir=workdir / "train", log_every=config.log_every,
+                         ckpt_every=config.ckpt_every, desc=f"garg {config.task} {config.size}")
+    return model, state.params, history, time.time() - t0
+
+
+BASELINES = {
+    "linear": {"least squares": bl.least_squares, "3-NN": bl.knn, "averaging": bl.averaging},
+}
+
+
+def evaluate(model, params, config, baselines: dict, key) -> dict[str, ev.Curve]:
+    """Curves for the transformer and ``baselines`` on fresh prompts of the trained task."""
+    p = fc.sample_prompts(jax.random.fold_in(key, 0), config.task, batch=config.eval_prompts,
+                          n_points=config.n_points, d=config.d)
+    norm = fc.NORMALIZERS[config.task](config.d)
+    japply = jax.jit(model.apply)
+    apply = functools.partial(japply, params)  # params as arguments, not jit constants
+    preds = {"transformer": ev.transformer_predictions(apply, p.x, p.y)}
+    for name, f in baselines.items():
+        preds[name] = bl.prefix_predictions(f, p.x, p.y)
+    kb = jax.random.fold_in(key, 1)
+    return {name: ev.error_curve(pr, p.y, norm=norm, key=kb, n_boot=config.n_boot) for name, pr in preds.items()}
+
+
+def run(config, workdir: pathlib.Path) -> list[dict]:
+    validate(config)
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    model, params, history, secs = train(config, workdir)
+    curves = evaluate(model, params, config, BASELINES[config.task], jax.random.key(config.seed + 1000))
+    d, n = config.d, config.n_points
+    theory = np.array([max(0.0, 1 - k / d) for k in range(n)])
+
+    fig, axes = new_figure(2, width=4.8)
+    ev.plot_curves(axes[0, 0], curves, theory=theory, title=f"linear regression, d = {d} ({config.size})")
+    ev.plot_curves(axes[0, 1], curves, theory=np.maximum(theory, 1e-12), logy=True,
+                   title="log scale (least squares ≈ 1e-12 for k ≥ d)")
+    axes[0, 1].set_ylim(1e-3, 20)
+    axes[0, 1].axvline(d, color="gray", lw=0.8, ls=":")
+    save_figure(fig, workdir, "garg_linear")
+
+    tf = curves["transformer"]
+    rows = []
+    for k in range(1, d + 1):
+        rows.append(row(f"transformer error/d at k={k}", 1 - k / d, tf.mean[k], "theory",
+                        note=f"90% band [{tf.lo[k]:.3g}, {tf.hi[k]:.3g}]; 1 - k/d"))
+    for k in range(d + 2, n):
+        rows.append(row(f"transformer error/d at k={k}", 0.0, tf.mean[k], "theory",
+                        note=f"90% band [{tf.lo[k]:.3g}, {tf.hi[k]:.3g}]; Garg: <= 0.1 from k = d+2"))
+    ls = curves["least squares"]
+    rows.append(row(f"least squares error/d at k={d // 2}", 1 - (d // 2) / d, ls.mean[d // 2], "theory",
+                    note=f"MC SE {ls.sem[d // 2]:.2g}"))
+    knn3 = curves["3-NN"]
+    rows.append(row(f"transformer / 3-NN error at k={n - 1}", 0.0, tf.mean[n - 1] / knn3.mean[n - 1], "baseline",
+                    note="ratio; well below 1 when the transformer learned least squares"))
+    losses = [h["loss"] for h in history if "loss" in h]
+    extra = dict(train_seconds=secs, train_steps=config.train_steps, params=num_params(params),
+                 curves={m: {"mean": c.mean.tolist(), "lo": c.lo.tolist(), "hi": c.hi.tolist()} for m, c in curves.items()},
+                 first_loss=losses[0] if losses else None, last_loss=losses[-1] if losses else None,
+                 table=ev.curves_table(curves))
+    write_results(workdir, rows, **extra)
+    return rows
