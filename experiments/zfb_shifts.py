@@ -17,6 +17,7 @@ x_qᵀ Γ⁻¹ (1/M) Σ y_i x_i.
 """
 from __future__ import annotations
 
+import functools
 import math
 import pathlib
 
@@ -47,7 +48,7 @@ def get_config(scale: str = "quick") -> ml_collections.ConfigDict:
     c.N = 20
     c.sigma = 0.1
     c.lr = 0.02
-    c.steps = 1500          # SGD, cosine-decayed to 0 so the SGD noise anneals away
+    c.steps = 1000          # SGD, cosine-decayed to 0 so the SGD noise anneals away
     c.batch = 2048
     c.M = (2, 3, 5, 10, 20, 40, 80, 160, 320, 640)
     c.num_prompts = 20000   # Monte Carlo prompts per (shift, M) point
@@ -104,6 +105,20 @@ def _train(c, workdir, key, *, random_cov=None):
     return model, state.params, hist
 
 
+@functools.partial(jax.jit, static_argnames=("model", "M", "d", "chunk", "with_ols", "random_cov"))
+def _sq_errors(params, key, cov, query_cov, w_cov, *, model, M, d, chunk, with_ols, random_cov):
+    """Squared errors of the model and of OLS on ``chunk`` fresh prompts of length M (one compile per M)."""
+    p = sample_linear_prompts(key, batch=chunk, n_ctx=M, d=d, cov=cov, query_cov=query_cov, w_cov=w_cov,
+                              random_cov=random_cov)
+    y_model = model.apply(params, p.x_ctx, p.y_ctx, p.x_q)[:, 0]
+    if with_ols:
+        w_ols = jnp.einsum("bdn,bn->bd", jnp.linalg.pinv(p.x_ctx), p.y_ctx)
+        y_ols = jnp.einsum("bd,bd->b", w_ols, p.x_q[:, 0])
+    else:
+        y_ols = p.y_q[:, 0]
+    return jnp.square(y_model - p.y_q[:, 0]), jnp.square(y_ols - p.y_q[:, 0])
+
+
 def _mc_risks(model, params, key, *, M, d, num_prompts, kw=None, random_cov=None):
     """(model mean, model SE, OLS mean) of E(ŷ − y)² at test length M by Monte Carlo.
 
@@ -111,26 +126,15 @@ def _mc_risks(model, params, key, *, M, d, num_prompts, kw=None, random_cov=None
     """
     kw = kw or {}
     chunk = min(num_prompts, 10000)
-    reps = max(num_prompts // chunk, 1)
-    f32 = lambda a: None if a is None else jnp.asarray(a, jnp.float32)  # noqa: E731
-    with_ols = M < d
-
-    @jax.jit
-    def one(k):
-        p = sample_linear_prompts(k, batch=chunk, n_ctx=M, d=d, cov=f32(kw.get("Lam_ctx")),
-                                  query_cov=f32(kw.get("Lam_query")), w_cov=f32(kw.get("w_cov")),
-                                  random_cov=random_cov)
-        y_model = model.apply(params, p.x_ctx, p.y_ctx, p.x_q)[:, 0]
-        if with_ols:
-            w_ols = jnp.einsum("bdn,bn->bd", jnp.linalg.pinv(p.x_ctx), p.y_ctx)
-            y_ols = jnp.einsum("bd,bd->b", w_ols, p.x_q[:, 0])
-        else:
-            y_ols = p.y_q[:, 0]
-        return jnp.square(y_model - p.y_q[:, 0]), jnp.square(y_ols - p.y_q[:, 0])
-
+    eye = np.eye(d)
+    covs = [jnp.asarray(kw.get(k, eye) if kw.get(k) is not None else eye, jnp.float32)
+            for k in ("Lam_ctx", "Lam_query", "w_cov")]
+    if "Lam_query" not in kw:
+        covs[1] = covs[0]
     err_m, err_o = [], []
-    for r in range(reps):
-        a, b = one(jax.random.fold_in(key, r))
+    for r in range(max(num_prompts // chunk, 1)):
+        a, b = _sq_errors(params, jax.random.fold_in(key, r), *covs, model=model, M=M, d=d, chunk=chunk,
+                          with_ols=M < d, random_cov=random_cov)
         err_m.append(np.asarray(a, np.float64))
         err_o.append(np.asarray(b, np.float64))
     err_m, err_o = np.concatenate(err_m), np.concatenate(err_o)
