@@ -63,7 +63,9 @@ def _progress(total: int, initial: int, desc: str):
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, leave=False, file=sys.stderr)
+    interval = 0.1 if sys.stderr.isatty() else 15.0  # a log file gets a line every 15 s, not a flood
+    return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, leave=False, file=sys.stderr,
+                mininterval=interval)
 
 
 def fit(
