@@ -1,0 +1,84 @@
+"""Order sensitivity: LSA exactly invariant, GD invariant up to rounding, the causal GPT not."""
+import functools
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import order_sensitivity as osx
+from ictl import lsa_training
+from ictl.config import ConfigError
+from models.gpt import GPT, GPTConfig, init_params
+
+
+def _prompts(key, B, K, d, dtype=jnp.float32):
+    kx, kw, kq = jax.random.split(key, 3)
+    x = jax.random.normal(kx, (B, K, d), dtype)
+    w = jax.random.normal(kw, (B, d), dtype)
+    return x, jnp.einsum("bkd,bd->bk", x, w), jax.random.normal(kq, (B, d), dtype)
+
+
+def test_lsa_is_exactly_permutation_invariant_in_float64(x64):
+    # random init: every entry of W^PV and W^KQ non-zero (a stronger check than the paper's init)
+    model, params = lsa_training.init_params(jax.random.key(0), d=3, init_scheme="random", sigma=0.5)
+    x, y, xq = _prompts(jax.random.key(1), 32, 7, 3, jnp.float64)
+    f = functools.partial(osx.lsa_predict, model, params)
+    s = osx.permutation_spread(f, x, y, xq, n_perms=8, key=jax.random.key(2))
+    assert np.max(s) <= 1e-12
+    assert float(jnp.sqrt(jnp.mean(f(x, y, xq) ** 2))) > 0.1  # the predictions themselves are not ~0
+
+
+def test_lsa_float32_spread_within_rounding_bound():
+    model, params = lsa_training.init_params(jax.random.key(0), d=3, init_scheme="random", sigma=0.5)
+    x, y, xq = _prompts(jax.random.key(1), 64, 9, 3)
+    s = osx.permutation_spread(jax.jit(functools.partial(osx.lsa_predict, model, params)), x, y, xq, n_perms=8,
+                               key=jax.random.key(2))
+    bound = osx.lsa_rounding_bound(params, x, y, xq)
+    assert np.all(s <= bound), np.max(s / bound)
+    assert np.max(s) > 0  # float32 sums in another order do round differently (else the bound is untested)
+
+
+def test_gd_invariant_up_to_rounding(x64):
+    x, y, xq = _prompts(jax.random.key(3), 32, 8, 4, jnp.float64)
+    f = functools.partial(osx.gd_predict, eta=0.5, steps=3)
+    s64 = osx.permutation_spread(f, x, y, xq, n_perms=8, key=jax.random.key(4))
+    assert np.max(s64) <= 1e-12
+    x32, y32, q32 = (a.astype(jnp.float32) for a in (x, y, xq))
+    s32 = osx.permutation_spread(f, x32, y32, q32, n_perms=8, key=jax.random.key(4))
+    rms = float(jnp.sqrt(jnp.mean(f(x, y, xq) ** 2)))
+    assert np.max(s32) <= 1e-5 * rms  # float32: u = 6e-8, 3 steps of sums over K = 8 terms
+
+
+def test_causal_transformer_is_order_sensitive():
+    cfg = GPTConfig(d_in=3, max_tokens=16, n_layers=2, n_heads=2, width=32)
+    model = GPT(cfg)
+    apply = functools.partial(jax.jit(model.apply), init_params(cfg, jax.random.key(5)))
+    x, y, xq = _prompts(jax.random.key(6), 64, 7, 3)
+    f = functools.partial(osx.transformer_predict, apply)
+    s = osx.permutation_spread(f, x, y, xq, n_perms=8, key=jax.random.key(7))
+    rms = float(jnp.sqrt(jnp.mean(f(x, y, xq) ** 2)))
+    # far above float32 rounding (≈ 1e-7 · rms): positions and causal softmax see the order
+    assert np.mean(s) > 1e-3 * rms, (np.mean(s), rms)
+
+
+def test_run_end_to_end(tmp_path):
+    c = osx.get_config("quick")
+    c.d, c.n_ctx, c.train_steps, c.warmup, c.lsa_steps, c.batch = 3, 4, 10, 0, 10, 16
+    c.n_perms, c.eval_prompts, c.ks = 4, 16, (4,)
+    rows = osx.run(c, tmp_path)
+    for stem in ("order_sensitivity.png", "order_sensitivity.pdf", "results.json"):
+        assert (tmp_path / stem).exists()
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["ks"] == [4] and len(rows) == 4
+    assert rows[0]["measured"] <= 1e-12                       # LSA float64
+    assert res["lsa_spread_over_bound_max"] <= 1.0           # LSA float32 within its rounding bound
+    assert rows[3]["measured"] > 1e-3 * res["transformer_rms_prediction"]
+
+
+def test_bad_config():
+    c = osx.get_config("quick")
+    c.n_perms = 1
+    with pytest.raises(ConfigError, match="config.n_perms"):
+        osx.validate(c)
