@@ -107,8 +107,10 @@ def _print_rows(name: str, rows) -> None:
 def cmd_list(args) -> int:
     for name in experiment_names():
         module = load_experiment(name)
-        tier = "quick" if getattr(module, "REPRODUCE", True) else "accelerator (not in `ictl reproduce`)"
-        print(f"{name:24s} [{tier}] {_summary(module)}")
+        tier = "quick" if getattr(module, "REPRODUCE", True) else "not in reproduce"
+        print(f"{name:22s} [{tier}] {_summary(module)}")
+    print("\n[quick]: run at quick scale by `ictl reproduce` / `make run` (2 CPU cores). [not in reproduce]: left to\n"
+          "an accelerator or to a direct `ictl run NAME` (its quick tier would push `make run` past ~15 min).")
     return 0
 
 

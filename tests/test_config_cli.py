@@ -81,7 +81,7 @@ def test_workdir_in_use_is_refused(tmp_path, capsys):
 def test_list_names_experiments_and_tiers(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    assert "zfb_dynamics" in out and "zfb_shifts" in out and "[quick]" in out
+    assert "zfb_dynamics" in out and "zfb_shifts" in out and "[quick]" in out and "[not in reproduce]" in out
 
 
 def test_console_script_exit_status(tmp_path):
