@@ -41,8 +41,10 @@ def main(argv=None):
     ap.add_argument("--out", default="docs/benchmarks_lsa.md")
     args = ap.parse_args(argv)
     n_steps = 100 if args.quick else 400
+    load = os.getloadavg()[0]
     lines = [f"Machine: {platform.machine()} CPU, {os.cpu_count()} cores, jax {jax.__version__}, "
-             f"backend {jax.default_backend()}.", "",
+             f"backend {jax.default_backend()}; 1-min load average at start {load:.1f} "
+             "(above ~0.5 means other work shared the cores and the times are upper bounds).", "",
              "| setting | step time (ms) | steps/s | prompts/s |", "|---|---|---|---|"]
     for d, n, batch in [(5, 20, 1024), (20, 20, 1024), (5, 20, 8192)]:
         model, params = lt.init_params(jax.random.key(0), d=d, sigma=0.1)
