@@ -5,7 +5,8 @@
 # 1. prints jax / jaxlib / device / driver versions;
 # 2. runs the kernel tests with the Pallas kernels compiled (ICTL_KERNELS_COMPILED=1);
 # 3. runs bench.bench_linear_attention and bench.bench_moba on the GPU;
-# 4. if `import fla, torch` works, times flash-linear-attention's chunk_gla on comparable shapes.
+# 4. the GPT train step (standard Garg config) in bf16: steps/s and MFU against the 989 TFLOP/s spec;
+# 5. if `import fla, torch` works, times flash-linear-attention's chunk_gla on comparable shapes.
 # Each step has its own timeout (total ≤ 7.7 min); a failing step is logged and the script goes
 # on, then exits non-zero. Logs and markdown tables go to $OUT (or /tmp/ictl_gpu when unset).
 # Uses the machine's python with PYTHONPATH=. (no venv there); PYTHON overrides the interpreter.
@@ -54,6 +55,10 @@ run bench_linear_attention 120 "$PY" -m bench.bench_linear_attention --device gp
 step "bench_moba"
 run bench_moba 90 "$PY" -m bench.bench_moba --device gpu --dense-limit-gb 40 \
   --out "$LOG_DIR/benchmarks_kernels_sparse_gpu.md"
+
+step "bench_gpt (Garg standard config: steps/s and MFU)"
+run bench_gpt 90 "$PY" -m bench.bench_gpt --quick --sizes small,standard --dtype bfloat16 --batch 64 \
+  --peak-tflops 989 --out "$LOG_DIR/benchmarks_gpt_gpu.md"
 
 step "flash-linear-attention chunk_gla (optional)"
 if "$PY" -c 'import fla, torch; assert torch.cuda.is_available()' >/dev/null 2>&1; then
