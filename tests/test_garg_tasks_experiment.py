@@ -1,0 +1,51 @@
+"""End-to-end: garg_tasks (the other Garg tasks and the OOD suites) with a few training steps."""
+import json
+
+import numpy as np
+import pytest
+
+from experiments import garg_tasks
+from ictl.config import ConfigError
+from ictl.tasks import ood
+
+
+def _tiny(task):
+    c = garg_tasks.get_config("quick")
+    c.task = task
+    c.train_steps, c.warmup, c.log_every, c.ckpt_every = 20, 0, 10, 20
+    c.eval_prompts, c.ood_prompts, c.n_boot, c.d, c.n_points, c.batch = 64, 32, 20, 3, 6, 16
+    return c
+
+
+def test_sparse_linear_rows_compare_every_baseline(tmp_path):
+    c = _tiny("sparse_linear")
+    rows = garg_tasks.run(c, tmp_path)
+    assert (tmp_path / "garg_sparse_linear.png").exists()
+    names = [r["quantity"] for r in rows]
+    assert len(rows) == len(garg_tasks.BASELINES["sparse_linear"])
+    assert all(n.startswith("transformer / ") and n.endswith(f"k={c.n_points - 1}") for n in names)
+    assert all(np.isfinite(r["measured"]) and r["measured"] > 0 for r in rows)
+
+
+def test_linear_with_ood_suites(tmp_path):
+    c = _tiny("linear")
+    rows = garg_tasks.run(c, tmp_path)
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert (tmp_path / "garg_ood.png").exists()
+    n_suites = len([s for s in ood.SUITES if s not in ("scale_x", "scale_y")]) + 2 * len(ood.SCALES)
+    ood_rows = [r for r in rows if r["quantity"].startswith("OOD ")]
+    assert len(ood_rows) == n_suites == len(res["ood"])
+    # noiseless suites: least squares with k = 5 ≥ d = 3 examples recovers w, error ≈ 0 (float32 pinv)
+    assert res["ood"]["standard"]["least squares"][c.n_points - 1] < 1e-6
+    assert res["ood"]["skewed"]["least squares"][c.n_points - 1] < 1e-6
+    # the row is the difference of the two curves at the last k
+    std = next(r for r in ood_rows if r["quantity"].startswith("OOD standard:"))
+    t, ls = res["ood"]["standard"]["transformer"][-1], res["ood"]["standard"]["least squares"][-1]
+    assert std["measured"] == pytest.approx(t - ls, rel=1e-6)
+
+
+def test_unknown_task_is_one_line_config_error():
+    c = garg_tasks.get_config("quick")
+    c.task = "quadratic"
+    with pytest.raises(ConfigError, match="config.task"):
+        garg_tasks.validate(c)
