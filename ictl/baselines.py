@@ -145,3 +145,20 @@ def prefix_predictions(
     """ŷ[b, k] = f(x_b, y_b, 1[n < k], xq_b,k) for all b and k = 0..N−1 (jitted; f is static,
     so reuse one `functools.partial` object to avoid re-tracing)."""
     return _prefix(f, x_BxNxd, y_BxN, x_BxNxd if xq_BxNxd is None else xq_BxNxd)
+
+
+# ----------------------------------------------------------------------------- sequential classes
+def dynamics_least_squares(x_BxNxd: Float[Array, "B N d"], y_BxNxd: Float[Array, "B N d"]) -> Float[Array, "B N d"]:
+    """Next-state prediction for x_{t+1} = W x_t (+ noise): ŷ_t = Ŵ_t x_t, Ŵ_t the min-norm least-squares
+    fit of the transitions (x_i, x_{i+1}), i < t, one output coordinate at a time (0 at t = 0).
+    Noiseless, Ŵ_t x_t = W x_t once the t transitions span R^d (t ≥ d almost surely)."""
+    per_coord = jax.vmap(lambda y_BxN: prefix_predictions(least_squares, x_BxNxd, y_BxN), in_axes=2, out_axes=2)
+    return per_coord(y_BxNxd)
+
+
+def window_least_squares(x_BxNxd: Float[Array, "B N d"], y_BxN: Float[Array, "B N"], window: int) -> Float[Array, "B N"]:
+    """Least squares on the sliding-window features u_t = (x_{t−w+1}, …, x_t) (zeros before t = 1):
+    the best linear learner for the sliding-window tasks."""
+    from ictl.tasks.sequential import window_features
+
+    return prefix_predictions(least_squares, window_features(x_BxNxd, window), y_BxN)
