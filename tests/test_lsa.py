@@ -71,12 +71,12 @@ def trained():
     model, params = lt.init_params(jax.random.key(0), d=d, sigma=0.1)
     tx = optax.sgd(optax.cosine_decay_schedule(0.02, steps))
     step = make_train_step(lt.prompt_loss_fn(model, d=d, N=n, batch=2048), tx)
-    return model, fit, step, TrainState.create(params=params, tx=tx), steps
+    return model, step, TrainState.create(params=params, tx=tx), steps
 
 
 def test_trained_lsa_reaches_min_loss_and_gamma_inverse(trained, tmp_path):
-    model, fit_, step, state, steps = trained
-    state, _ = fit_(state, step, key=jax.random.key(1), num_steps=steps, workdir=tmp_path, log_every=100,
+    model, step, state, steps = trained
+    state, _ = fit(state, step, key=jax.random.key(1), num_steps=steps, workdir=tmp_path, log_every=100,
                     ckpt_every=steps)
     d, n = 5, 20
     l_star = d * (d + 1) / (2 * (n + d + 1))  # = 0.576923…, the paper's closed form for Λ = I
