@@ -21,7 +21,7 @@ import numpy as np
 import optax
 
 from ictl import lsa_training as lt
-from ictl.config import ConfigError, check
+from ictl.config import ConfigError, check, check_ints_at_least_one, check_positive
 from ictl.results import new_figure, row, save_figure, write_results
 from ictl.theory import zfb
 from ictl.train import TrainState, fit, make_train_step
@@ -51,14 +51,11 @@ def get_config(scale: str = "quick") -> ml_collections.ConfigDict:
 
 
 def validate(c) -> None:
-    check(c.d >= 1, "d", c.d, "an integer >= 1")
-    check(c.N >= 1, "N", c.N, "an integer >= 1")
+    check_ints_at_least_one(c, "d", "N")
     check(c.init_scheme in INITS, "init_scheme", c.init_scheme, f"one of {INITS}")
-    check(c.sigma > 0, "sigma", c.sigma, "a number > 0")
-    check(c.lr > 0, "lr", c.lr, "a number > 0")
+    check_positive(c, "sigma", "lr")
     check(c.t1 > 0 and round(c.t1 / c.lr) >= 1, "t1", c.t1, "a number > 0 with t1/lr >= 1 steps")
-    check(c.batch >= 1, "batch", c.batch, "an integer >= 1")
-    check(c.eval_every >= 1, "eval_every", c.eval_every, "an integer >= 1")
+    check_ints_at_least_one(c, "batch", "eval_every")
     check(0 < c.eps_frac < 1, "eps_frac", c.eps_frac, "a number in (0, 1)")
     try:
         zfb.validate_cov(lt.lam_from_config(c.lam, c.d), name="lam")

@@ -28,7 +28,7 @@ import numpy as np
 import optax
 
 from ictl import lsa_training as lt
-from ictl.config import check
+from ictl.config import check, check_ints_at_least_one, check_positive
 from ictl.results import new_figure, row, save_figure, write_results
 from ictl.tasks.linear import sample_linear_prompts
 from ictl.theory import zfb
@@ -66,15 +66,10 @@ def _range_ok(r) -> bool:
 
 
 def validate(c) -> None:
-    check(c.d >= 1, "d", c.d, "an integer >= 1")
-    check(c.N >= 1, "N", c.N, "an integer >= 1")
-    check(c.sigma > 0, "sigma", c.sigma, "a number > 0")
-    check(c.lr > 0, "lr", c.lr, "a number > 0")
-    check(c.steps >= 1, "steps", c.steps, "an integer >= 1")
-    check(c.batch >= 1, "batch", c.batch, "an integer >= 1")
+    check_ints_at_least_one(c, "d", "N", "steps", "batch")
+    check_positive(c, "sigma", "lr", "task_w_scale")
     check(len(c.M) >= 1 and all(int(m) == m and m >= 1 for m in c.M), "M", c.M, "a list of integers >= 1")
     check(c.num_prompts >= 100, "num_prompts", c.num_prompts, "an integer >= 100")
-    check(c.task_w_scale > 0, "task_w_scale", c.task_w_scale, "a number > 0")
     for k in ("query_lam", "covariate_lam", "random_cov"):
         check(_range_ok(c[k]), k, c[k], "(lo, hi) with 0 < lo <= hi")
 

@@ -24,6 +24,18 @@ def check(ok: bool, key: str, got: Any, allowed: str) -> None:
         raise ConfigError(f"config.{key}={got!r}: allowed {allowed}")
 
 
+def check_ints_at_least_one(config, *keys: str) -> None:
+    """check(config[k] >= 1, ...) for each key: the counts every experiment has (d, N, steps, batch…)."""
+    for k in keys:
+        check(config[k] >= 1, k, config[k], "an integer >= 1")
+
+
+def check_positive(config, *keys: str) -> None:
+    """check(config[k] > 0, ...) for each key (rates, scales, σ)."""
+    for k in keys:
+        check(config[k] > 0, k, config[k], "a number > 0")
+
+
 def _flat_keys(cfg, prefix=""):
     for k, v in cfg.items():
         if isinstance(v, ml_collections.ConfigDict):
