@@ -31,7 +31,7 @@ from ictl import lsa_training as lt
 from ictl.config import check, check_ints_at_least_one, check_positive
 from ictl.results import new_figure, row, save_figure, write_results
 from ictl.tasks.linear import sample_linear_prompts
-from ictl.theory import zfb
+from ictl.theory import zfb, zfb_risk
 from ictl.train import TrainState, fit, make_train_step
 from models.lsa import effective_V
 
@@ -79,7 +79,7 @@ def _linspace_diag(r, d):
 
 
 def shift_settings(c) -> dict[str, dict]:
-    """Keyword arguments of zfb.icl_risk (and of the sampler) for each shift."""
+    """Keyword arguments of zfb_risk.icl_risk (and of the sampler) for each shift."""
     d = c.d
     lam_q, lam_c = _linspace_diag(c.query_lam, d), _linspace_diag(c.covariate_lam, d)
     return {
@@ -154,18 +154,18 @@ def run(c, workdir: pathlib.Path) -> list[dict]:
     model_r, params_r, _ = _train(c, workdir / "train_random_cov", jax.random.fold_in(key, 2),
                                   random_cov=tuple(c.random_cov))
     ginv = zfb.optimal_V(np.eye(d), N)
-    fixed = zfb.random_cov_fixed_point(d, N, *c.random_cov)
+    fixed = zfb_risk.random_cov_fixed_point(d, N, *c.random_cov)
     settings = shift_settings(c)
     curves = {}
     k_eval = jax.random.fold_in(key, 3)
     for si, (name, kw) in enumerate(settings.items()):
-        theory = [zfb.icl_risk(ginv, M=m, **kw) for m in Ms]
+        theory = [zfb_risk.icl_risk(ginv, M=m, **kw) for m in Ms]
         mc = [_mc_risks(model, params, jax.random.fold_in(k_eval, 100 * si + j), M=m, d=d,
                         num_prompts=c.num_prompts, kw=kw) for j, m in enumerate(Ms)]
         curves[name] = dict(theory=np.array(theory), model=np.array([x[0] for x in mc]),
                             se=np.array([x[1] for x in mc]), ols=np.array([x[2] for x in mc]),
-                            limit=zfb.icl_risk_limit(ginv, **kw))
-    theory_r = [zfb.random_cov_risk(fixed.V, M=m, d=d, lo=c.random_cov[0], hi=c.random_cov[1]) for m in Ms]
+                            limit=zfb_risk.icl_risk_limit(ginv, **kw))
+    theory_r = [zfb_risk.random_cov_risk(fixed.V, M=m, d=d, lo=c.random_cov[0], hi=c.random_cov[1]) for m in Ms]
     mc_r = [_mc_risks(model_r, params_r, jax.random.fold_in(k_eval, 900 + j), M=m, d=d, num_prompts=c.num_prompts,
                       random_cov=tuple(c.random_cov)) for j, m in enumerate(Ms)]
     curves["random_cov"] = dict(theory=np.array(theory_r), model=np.array([x[0] for x in mc_r]),
@@ -193,10 +193,10 @@ def run(c, workdir: pathlib.Path) -> list[dict]:
     colors = {"none": "tab:green", "task": "tab:olive", "query": "tab:cyan", "covariate": "tab:red",
               "random_cov": "tab:purple"}
     for name, kw in settings.items():
-        floors = [zfb.icl_risk_limit(zfb.optimal_V(np.eye(d), int(n)), **kw) for n in n_grid]
+        floors = [zfb_risk.icl_risk_limit(zfb.optimal_V(np.eye(d), int(n)), **kw) for n in n_grid]
         ax.plot(n_grid, floors, color=colors[name], label=name)
         curves[name]["floor_vs_N"] = floors
-    floors_r = [zfb.random_cov_fixed_point(d, int(n), *c.random_cov).floor for n in n_grid]
+    floors_r = [zfb_risk.random_cov_fixed_point(d, int(n), *c.random_cov).floor for n in n_grid]
     ax.plot(n_grid, floors_r, color=colors["random_cov"], label="random_cov")
     ax.plot(n_grid, d * (d + 1) ** 2 / n_grid.astype(float) ** 2, "k:", lw=0.8, label="d(d+1)²/N²")
     ax.axvline(N, ls="-", lw=0.5, color="tab:blue")
@@ -214,9 +214,9 @@ def run(c, workdir: pathlib.Path) -> list[dict]:
         cv = curves[name]
         for j in sorted({mid, len(Ms) - 1}):
             if name == "random_cov":
-                own = zfb.random_cov_risk(v_rand, M=Ms[j], d=d, lo=c.random_cov[0], hi=c.random_cov[1])
+                own = zfb_risk.random_cov_risk(v_rand, M=Ms[j], d=d, lo=c.random_cov[0], hi=c.random_cov[1])
             else:
-                own = zfb.icl_risk(v_iso, M=Ms[j], **settings[name])
+                own = zfb_risk.icl_risk(v_iso, M=Ms[j], **settings[name])
             rows.append(row(f"{name}: trained LSA risk at M = {Ms[j]}", cv["theory"][j], cv["model"][j], "theory",
                             note=f"MC SE {cv['se'][j]:.2g}; theory at the trained V itself: {own:.4g}"))
     cov_lam = _linspace_diag(c.covariate_lam, d)

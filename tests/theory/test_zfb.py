@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ictl.theory import zfb
+from ictl.tasks.linear import sample_linear_prompts
+from ictl.theory import zfb, zfb_risk
 
 D, N = 3, 10
 _rng = np.random.default_rng(1)
@@ -45,13 +46,13 @@ def test_validate_cov_errors():
     with pytest.raises(ValueError, match="N: must be a positive int"):
         zfb.gamma(np.eye(2), 0)
     with pytest.raises(ValueError, match="M: must be a positive int or math.inf"):
-        zfb.icl_risk(np.eye(2), M=0)
+        zfb_risk.icl_risk(np.eye(2), M=0)
     with pytest.raises(ValueError, match="w: give either"):
-        zfb.icl_risk(np.eye(2), M=3, w=np.ones(2), w_cov=np.eye(2))
+        zfb_risk.icl_risk(np.eye(2), M=3, w=np.ones(2), w_cov=np.eye(2))
     with pytest.raises(ValueError, match="Lam_query: must be 2×2"):
-        zfb.icl_risk(np.eye(2), M=3, Lam_query=np.eye(3))
+        zfb_risk.icl_risk(np.eye(2), M=3, Lam_query=np.eye(3))
     with pytest.raises(ValueError, match="lo, hi"):
-        zfb.random_cov_fixed_point(2, 5, 2.0, 1.0)
+        zfb_risk.random_cov_fixed_point(2, 5, 2.0, 1.0)
 
 
 def test_min_loss_isotropic():
@@ -69,7 +70,7 @@ def test_hh_moments_mc(x64):
 
     @jax.jit
     def moments(key):  # entrywise mean and SE of h hᵀ and h wᵀ over n prompts
-        p = zfb.sample_linear_prompts(key, batch=n, n_ctx=N, d=D, cov=LAM, dtype=jnp.float64)
+        p = sample_linear_prompts(key, batch=n, n_ctx=N, d=D, cov=LAM, dtype=jnp.float64)
         h = jnp.einsum("bn,bnd->bd", p.y_ctx, p.x_ctx) / N
         out = []
         for s in (h[:, :, None] * h[:, None, :], h[:, :, None] * p.w[:, None, :]):
@@ -97,8 +98,8 @@ def test_population_loss_mc(x64):
     u, U = 0.8, 0.4 * _rng.normal(size=(D, D))
     with jax.enable_x64(True):
         loss = float(zfb.population_loss(jnp.float64(u), jnp.asarray(U), jnp.asarray(LAM), N))
-    assert 2 * loss == pytest.approx(zfb.icl_risk(u * U, M=N, Lam_ctx=LAM), rel=1e-13)
-    _mc_close(loss, tuple(0.5 * x for x in zfb.icl_risk_mc(jax.random.key(1), u * U, M=N, Lam_ctx=LAM,
+    assert 2 * loss == pytest.approx(zfb_risk.icl_risk(u * U, M=N, Lam_ctx=LAM), rel=1e-13)
+    _mc_close(loss, tuple(0.5 * x for x in zfb_risk.icl_risk_mc(jax.random.key(1), u * U, M=N, Lam_ctx=LAM,
                                                              num_prompts=100_000)))
 
 
@@ -134,7 +135,7 @@ SHIFTS = {
 def test_icl_risk_shifts_mc(x64, name):
     which, M, kw = SHIFTS[name]
     V = zfb.optimal_V(LAM, N) if which == "opt" else V_RAND
-    _mc_close(zfb.icl_risk(V, M=M, **kw), zfb.icl_risk_mc(jax.random.key(2), V, M=M, num_prompts=100_000, **kw))
+    _mc_close(zfb_risk.icl_risk(V, M=M, **kw), zfb_risk.icl_risk_mc(jax.random.key(2), V, M=M, num_prompts=100_000, **kw))
 
 
 def test_covariate_shift_bias_and_length_floor():
@@ -142,17 +143,17 @@ def test_covariate_shift_bias_and_length_floor():
     w, eye = np.array([1.0, -2.0, 0.5]), np.eye(D)
     # REFERENCES.md: bias wᵀ(I − Λ′Γ⁻¹) Λ_q (I − Γ⁻¹Λ′) w for contexts Λ′ = LAM2, queries Λ_q = LAM.
     bias = w @ (eye - LAM2 @ vstar) @ LAM @ (eye - vstar @ LAM2) @ w
-    assert zfb.icl_risk_limit(vstar, Lam_ctx=LAM2, Lam_query=LAM, w=w) == pytest.approx(bias, rel=1e-12)
+    assert zfb_risk.icl_risk_limit(vstar, Lam_ctx=LAM2, Lam_query=LAM, w=w) == pytest.approx(bias, rel=1e-12)
     assert bias > 0.5  # does not vanish as M → ∞
     # R(M) − R(∞) = O(1/M): M·(R(M) − R(∞)) converges.
-    gaps = [m * (zfb.icl_risk(vstar, M=m, Lam_ctx=LAM2, Lam_query=LAM, w=w) - bias) for m in (10**4, 10**5)]
+    gaps = [m * (zfb_risk.icl_risk(vstar, M=m, Lam_ctx=LAM2, Lam_query=LAM, w=w) - bias) for m in (10**4, 10**5)]
     assert gaps[0] == pytest.approx(gaps[1], rel=2e-4)
     # Prompt-length shift without covariate shift: R(∞) = tr((Γ⁻¹Λ − I)² Λ) ≈ tr(K² Λ)/N²,
     # K = I + tr(Λ) Λ⁻¹ (from Γ⁻¹Λ = (I + K/N)⁻¹), so the floor is O(1/N²).
     K = eye + np.trace(LAM) * np.linalg.inv(LAM)
     k_max = np.linalg.eigvalsh(K)[-1]  # ≈ 11: the next term is a relative 2‖K‖/N
     for n in (10**3, 10**4):
-        floor = zfb.icl_risk_limit(zfb.optimal_V(LAM, n), Lam_ctx=LAM)
+        floor = zfb_risk.icl_risk_limit(zfb.optimal_V(LAM, n), Lam_ctx=LAM)
         assert n**2 * floor == pytest.approx(np.trace(K @ K @ LAM), rel=3 * k_max / n)
 
 
@@ -162,20 +163,20 @@ def test_ols_risk_mc(x64, M, d, noise, cov):
     kw = dict(Lam_query=np.diag(np.linspace(0.5, 2.0, d)))
     if cov == "aniso":
         kw["Lam_ctx"] = LAM2
-    exact = zfb.ols_risk(M=M, d=d, noise_std=noise, **kw)
+    exact = zfb_risk.ols_risk(M=M, d=d, noise_std=noise, **kw)
     if (M, d) == (10, 3):  # σ²(1 + tr(QC⁻¹)/(M − d − 1))
         assert exact == pytest.approx(0.25 * (1 + np.trace(np.linalg.solve(LAM2, kw["Lam_query"])) / 6))
-    _mc_close(exact, zfb.ols_risk_mc(jax.random.key(3), M=M, d=d, noise_std=noise, num_prompts=60_000, **kw))
+    _mc_close(exact, zfb_risk.ols_risk_mc(jax.random.key(3), M=M, d=d, noise_std=noise, num_prompts=60_000, **kw))
 
 
 def test_ols_risk_special_cases(x64):
-    assert zfb.ols_risk(M=20, d=5, noise_std=1.0) == pytest.approx(1 + 5 / 14)  # σ²(1 + d/(M−d−1))
-    assert zfb.ols_risk(M=5, d=5) == 0.0 and zfb.ols_risk(M=6, d=5, noise_std=0.1) == math.inf
-    assert zfb.ols_risk(M=2, d=5) == pytest.approx(5 * (1 - 2 / 5))  # Garg et al.: error/d = 1 − k/d
-    mean, se = zfb.ols_risk_mc(jax.random.key(4), M=6, d=4, Lam_ctx=LAM2[:1, :1] * np.eye(4), num_prompts=2000)
+    assert zfb_risk.ols_risk(M=20, d=5, noise_std=1.0) == pytest.approx(1 + 5 / 14)  # σ²(1 + d/(M−d−1))
+    assert zfb_risk.ols_risk(M=5, d=5) == 0.0 and zfb_risk.ols_risk(M=6, d=5, noise_std=0.1) == math.inf
+    assert zfb_risk.ols_risk(M=2, d=5) == pytest.approx(5 * (1 - 2 / 5))  # Garg et al.: error/d = 1 − k/d
+    mean, se = zfb_risk.ols_risk_mc(jax.random.key(4), M=6, d=4, Lam_ctx=LAM2[:1, :1] * np.eye(4), num_prompts=2000)
     assert mean < 1e-20  # noiseless, M ≥ d: exact recovery
     with pytest.raises(ValueError, match="Lam_ctx: the M < d closed form"):
-        zfb.ols_risk(M=2, d=3, Lam_ctx=LAM)
+        zfb_risk.ols_risk(M=2, d=3, Lam_ctx=LAM)
 
 
 # ------------------------------------------------------------------ generalized (random Λ) setting
@@ -183,8 +184,8 @@ LO, HI = 0.2, 2.0
 
 
 def test_random_cov_fixed_point_is_minimum():
-    fp = zfb.random_cov_fixed_point(D, N, LO, HI)
-    q = lambda v: zfb.random_cov_risk(v, M=N, d=D, lo=LO, hi=HI)  # = 2 E_Λ L_Λ(V), quadratic in V
+    fp = zfb_risk.random_cov_fixed_point(D, N, LO, HI)
+    q = lambda v: zfb_risk.random_cov_risk(v, M=N, d=D, lo=LO, hi=HI)  # = 2 E_Λ L_Λ(V), quadratic in V
     assert fp.loss == pytest.approx(0.5 * q(fp.V), rel=1e-13)
     rng = np.random.default_rng(5)
     for _ in range(10):  # central difference of a quadratic is exact: ∇ = 0 in all d² directions
@@ -192,18 +193,18 @@ def test_random_cov_fixed_point_is_minimum():
         slope = (q(fp.V + 1e-3 * Dv) - q(fp.V - 1e-3 * Dv)) / 2e-3
         assert abs(slope) < 1e-9 and q(fp.V + 0.05 * Dv) > q(fp.V)
     # lo = hi = 1 is the fixed Λ = I case: V* = Γ⁻¹ = N/(N+d+1) I.
-    np.testing.assert_allclose(zfb.random_cov_fixed_point(D, N, 1.0, 1.0).V, zfb.optimal_V(np.eye(D), N), rtol=1e-14)
+    np.testing.assert_allclose(zfb_risk.random_cov_fixed_point(D, N, 1.0, 1.0).V, zfb.optimal_V(np.eye(D), N), rtol=1e-14)
     # Floor > 0, tending to d(m1 − m2²/m3) as N → ∞ (best single v = m2/m3 at M = ∞).
-    m1, m2, m3 = zfb.uniform_moments(LO, HI)
+    m1, m2, m3 = zfb_risk.uniform_moments(LO, HI)
     assert fp.floor > 0.3
-    assert zfb.random_cov_fixed_point(D, 10**8, LO, HI).floor == pytest.approx(D * (m1 - m2**2 / m3), rel=1e-6)
+    assert zfb_risk.random_cov_fixed_point(D, 10**8, LO, HI).floor == pytest.approx(D * (m1 - m2**2 / m3), rel=1e-6)
 
 
 @pytest.mark.parametrize("which,M,noise", [("opt", N, 0.0), ("rand", 40, 0.3)])
 def test_random_cov_risk_mc(x64, which, M, noise):
-    V = zfb.random_cov_fixed_point(D, N, LO, HI).V if which == "opt" else V_RAND
-    exact = zfb.random_cov_risk(V, M=M, d=D, lo=LO, hi=HI, noise_std=noise)
-    _mc_close(exact, zfb.icl_risk_mc(jax.random.key(6), V, M=M, random_cov=(LO, HI), noise_std=noise,
+    V = zfb_risk.random_cov_fixed_point(D, N, LO, HI).V if which == "opt" else V_RAND
+    exact = zfb_risk.random_cov_risk(V, M=M, d=D, lo=LO, hi=HI, noise_std=noise)
+    _mc_close(exact, zfb_risk.icl_risk_mc(jax.random.key(6), V, M=M, random_cov=(LO, HI), noise_std=noise,
                                      num_prompts=100_000))
 
 
