@@ -26,7 +26,7 @@ import optax
 
 from ictl import baselines as bl
 from ictl import evaluation as ev
-from ictl.config import SCALES, ConfigError, check
+from ictl.config import SCALES, ConfigError, check, check_ints_at_least_one, check_positive
 from ictl.results import new_figure, row, save_figure, write_results
 from ictl.tasks import function_classes as fc
 from ictl.train import TrainState, fit, shard_batch
@@ -69,11 +69,11 @@ def validate(config) -> None:
     check(config.task in fc.TASKS, "task", config.task, str(tuple(fc.TASKS)))
     check(config.size in SIZES, "size", config.size, str(tuple(SIZES)))
     check(config.dtype in ("float32", "bfloat16"), "dtype", config.dtype, "float32 or bfloat16")
-    check(isinstance(config.d, int) and config.d >= 1, "d", config.d, "an integer >= 1")
+    check_ints_at_least_one(config, "d")
     check(isinstance(config.n_points, int) and config.n_points >= 2, "n_points", config.n_points, "an integer >= 2")
-    check(config.batch >= 1, "batch", config.batch, "an integer >= 1")
-    check(config.lr > 0, "lr", config.lr, "a positive number")
-    check(config.train_steps >= 1, "train_steps", config.train_steps, "an integer >= 1")
+    check_ints_at_least_one(config, "batch")
+    check_positive(config, "lr")
+    check_ints_at_least_one(config, "train_steps")
     check(0 <= config.warmup < config.train_steps, "warmup", config.warmup, "0 <= warmup < train_steps")
     check(0 < config.lr_end <= 1, "lr_end", config.lr_end, "a number in (0, 1]")
     check(config.eval_prompts >= 2, "eval_prompts", config.eval_prompts, "an integer >= 2")

@@ -30,7 +30,7 @@ from experiments.garg_linear import optimizer
 from ictl import baselines as bl
 from ictl import bayes
 from ictl import evaluation as ev
-from ictl.config import SCALES, ConfigError, check
+from ictl.config import SCALES, ConfigError, check, check_ints_at_least_one, check_positive
 from ictl.results import new_figure, row, save_figure, write_results
 from ictl.tasks import function_classes as fc
 from ictl.tasks import representation as rep
@@ -58,10 +58,10 @@ def get_config(scale: str = "quick") -> ml_collections.ConfigDict:
 
 def validate(config) -> None:
     check(config.scale in SCALES, "scale", config.scale, str(SCALES))
-    for key in ("d", "phi_width", "phi_depth", "n_layers", "n_heads", "width", "batch", "train_steps"):
-        check(isinstance(config[key], int) and config[key] >= 1, key, config[key], "a positive integer")
+    check_ints_at_least_one(config, "d", "phi_width", "phi_depth", "n_layers", "n_heads", "width", "batch",
+                            "train_steps")
     check(isinstance(config.n_points, int) and config.n_points >= 2, "n_points", config.n_points, "an integer >= 2")
-    check(config.noise_std > 0, "noise_std", config.noise_std, "a positive number")
+    check_positive(config, "noise_std")
     check(config.width % config.n_heads == 0, "width", config.width, f"a multiple of n_heads={config.n_heads}")
     check(0 <= config.warmup < config.train_steps, "warmup", config.warmup, "0 <= warmup < train_steps")
     check(config.lr > 0 and config.probe_lam > 0, "lr", config.lr, "positive lr and probe_lam")

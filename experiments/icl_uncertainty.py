@@ -34,7 +34,7 @@ import numpy as np
 
 from experiments.garg_linear import optimizer
 from ictl import bayes
-from ictl.config import SCALES, ConfigError, check
+from ictl.config import SCALES, ConfigError, check, check_ints_at_least_one, check_positive
 from ictl.results import new_figure, row, save_figure, write_results
 from ictl.tasks import function_classes as fc
 from ictl.train import TrainState, fit, make_train_step, shard_batch
@@ -70,12 +70,11 @@ def get_config(scale: str = "quick") -> ml_collections.ConfigDict:
 
 def validate(config) -> None:
     check(config.scale in SCALES, "scale", config.scale, str(SCALES))
-    for key in ("d", "n_layers", "n_heads", "width", "batch", "train_steps"):
-        check(isinstance(config[key], int) and config[key] >= 1, key, config[key], "a positive integer")
+    check_ints_at_least_one(config, "d", "n_layers", "n_heads", "width", "batch", "train_steps")
     check(isinstance(config.n_points, int) and config.n_points >= 2, "n_points", config.n_points, "an integer >= 2")
-    check(config.noise_std > 0, "noise_std", config.noise_std, "a positive number")
+    check_positive(config, "noise_std")
     check(config.width % config.n_heads == 0, "width", config.width, f"a multiple of n_heads={config.n_heads}")
-    check(config.lr > 0, "lr", config.lr, "a positive number")
+    check_positive(config, "lr")
     check(0 <= config.warmup < config.train_steps, "warmup", config.warmup, "0 <= warmup < train_steps")
     check(0 < config.lr_end <= 1, "lr_end", config.lr_end, "a number in (0, 1]")
     check(isinstance(config.eval_prompts, int) and config.eval_prompts >= 2, "eval_prompts", config.eval_prompts,

@@ -27,7 +27,7 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float
 
-from ictl.config import SCALES, check
+from ictl.config import SCALES, check, check_ints_at_least_one, check_positive
 from ictl.results import new_figure, row, save_figure, write_results
 from ictl.tasks.linear import sample_linear_prompts
 from ictl.tasks.nonlinear_response import RESPONSES, sample_nonlinear_prompts
@@ -66,20 +66,16 @@ def get_config(scale: str = "quick") -> ml_collections.ConfigDict:
 
 def validate(c) -> None:
     check(c.scale in SCALES, "scale", c.scale, f"one of {SCALES}")
-    check(isinstance(c.d, int) and c.d >= 1, "d", c.d, "an integer >= 1")
-    check(isinstance(c.n_ctx, int) and c.n_ctx >= 1, "n_ctx", c.n_ctx, "an integer >= 1")
+    check_ints_at_least_one(c, "d", "n_ctx")
     check(len(c.settings) >= 1 and len(set(c.settings)) == len(c.settings) and set(c.settings) <= set(SETTINGS),
           "settings", c.settings, f"distinct names among {SETTINGS}")
-    check(c.noise_var > 0, "noise_var", c.noise_var, "a number > 0")
+    check_positive(c, "noise_var")
     check(len(c.cov_eigs) == 2 and 0 < c.cov_eigs[0] <= c.cov_eigs[1], "cov_eigs", c.cov_eigs, "(lo, hi) with 0 < lo <= hi")
     check(c.response in RESPONSES, "response", c.response, f"one of {sorted(RESPONSES)}")
-    check(c.w_var > 0, "w_var", c.w_var, "a number > 0")
+    check_positive(c, "w_var")
     check(c.init_scheme in INITS, "init_scheme", c.init_scheme, f"one of {INITS}")
-    check(c.init_sigma > 0, "init_sigma", c.init_sigma, "a number > 0")
-    check(c.lr > 0, "lr", c.lr, "a number > 0")
-    check(c.batch >= 1, "batch", c.batch, "an integer >= 1")
-    check(c.num_steps >= 1, "num_steps", c.num_steps, "an integer >= 1")
-    check(c.log_every >= 1, "log_every", c.log_every, "an integer >= 1")
+    check_positive(c, "init_sigma", "lr")
+    check_ints_at_least_one(c, "batch", "num_steps", "log_every")
     check(c.eval_prompts >= 100, "eval_prompts", c.eval_prompts, "an integer >= 100")
 
 

@@ -36,7 +36,7 @@ import optax
 
 from experiments import garg_linear
 from ictl import lsa_training
-from ictl.config import SCALES, ConfigError, check
+from ictl.config import SCALES, ConfigError, check, check_ints_at_least_one, check_positive
 from ictl.results import new_figure, row, save_figure, write_results
 from ictl.tasks import function_classes as fc
 from ictl.train import TrainState, fit, make_train_step
@@ -66,8 +66,7 @@ def get_config(scale: str = "quick") -> ml_collections.ConfigDict:
 
 def validate(config) -> None:
     check(config.scale in SCALES, "scale", config.scale, str(SCALES))
-    for key in ("d", "train_steps", "lsa_steps", "gd_steps", "batch"):
-        check(isinstance(config[key], int) and config[key] >= 1, key, config[key], "a positive integer")
+    check_ints_at_least_one(config, "d", "train_steps", "lsa_steps", "gd_steps", "batch")
     check(isinstance(config.n_ctx, int) and config.n_ctx >= 2, "n_ctx", config.n_ctx, "an integer >= 2")
     check(isinstance(config.n_perms, int) and config.n_perms >= 2, "n_perms", config.n_perms, "an integer >= 2")
     check(isinstance(config.eval_prompts, int) and config.eval_prompts >= 1, "eval_prompts", config.eval_prompts,
@@ -76,8 +75,7 @@ def validate(config) -> None:
           config.ks, f"integers in 2..n_ctx={config.n_ctx}")
     check(config.size in garg_linear.SIZES, "size", config.size, str(tuple(garg_linear.SIZES)))
     check(0 <= config.warmup < config.train_steps, "warmup", config.warmup, "0 <= warmup < train_steps")
-    for key in ("lr", "lsa_lr", "gd_eta"):
-        check(config[key] > 0, key, config[key], "a positive number")
+    check_positive(config, "lr", "lsa_lr", "gd_eta")
 
 
 def gd_predict(x_BxKxd, y_BxK, xq_Bxd, *, eta: float, steps: int):

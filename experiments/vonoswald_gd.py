@@ -33,7 +33,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from ictl.config import SCALES, check
+from ictl.config import SCALES, check, check_ints_at_least_one, check_positive
 from ictl.results import new_figure, row, save_figure, write_results
 from ictl.tasks.sine import sample_sine_prompts
 from ictl.tasks.uniform_linear import sample_uniform_linear_prompts
@@ -78,13 +78,11 @@ def get_config(scale: str = "quick") -> ml_collections.ConfigDict:
 
 def validate(c) -> None:
     check(c.scale in SCALES, "scale", c.scale, f"one of {SCALES}")
-    for key in ("d", "n_ctx", "batch", "layer_batch", "steps", "eval_every", "search_batch", "ckpt_every", "sine_batch",
-                "sine_n_ctx", "sine_hidden", "sine_features"):
-        check(isinstance(c[key], int) and c[key] >= 1, key, c[key], "an integer >= 1")
+    check_ints_at_least_one(c, "d", "n_ctx", "batch", "layer_batch", "steps", "eval_every", "search_batch",
+                            "ckpt_every", "sine_batch", "sine_n_ctx", "sine_hidden", "sine_features")
     for key in ("layer_steps", "sine_steps"):
         check(isinstance(c[key], int) and c[key] >= 0, key, c[key], "an integer >= 0")
-    for key in ("x_range", "w_scale", "lr", "layer_lr", "sine_lr", "init_scale", "clip"):
-        check(c[key] > 0, key, c[key], "a number > 0")
+    check_positive(c, "x_range", "w_scale", "lr", "layer_lr", "sine_lr", "init_scale", "clip")
     check(0 < c.b2 < 1, "b2", c.b2, "0 < b2 < 1")
     check(c.eval_batch >= 256, "eval_batch", c.eval_batch, "an integer >= 256")
     check(1 <= c.metric_batch <= c.eval_batch, "metric_batch", c.metric_batch, "1 <= metric_batch <= eval_batch")

@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from ictl.config import SCALES, check
+from ictl.config import SCALES, check, check_ints_at_least_one, check_positive
 from ictl.results import new_figure, row, save_figure, write_results
 from ictl.tasks.rotation import X1_DISTS, sample_rotation_sequences, x1_moments
 from ictl.theory import zheng
@@ -71,14 +71,13 @@ def validate(config) -> None:
     check(config.scale in SCALES, "scale", config.scale, f"one of {SCALES}")
     check(len(config.dists) >= 1 and all(x in X1_DISTS for x in config.dists), "dists", config.dists,
           f"a non-empty subset of {X1_DISTS}")
-    for key in ("d", "batch", "num_steps", "log_every", "eval_batch", "eval_chunk"):
-        check(isinstance(config[key], int) and config[key] >= 1, key, config[key], "an int >= 1")
+    check_ints_at_least_one(config, "d", "batch", "num_steps", "log_every", "eval_batch", "eval_chunk")
     check(isinstance(config.length, int) and config.length >= 4, "length", config.length, "an int >= 4")
     check(isinstance(config.eval_length, int) and config.eval_length >= config.length, "eval_length",
           config.eval_length, f"an int >= length = {config.length}")
     check(config.eval_batch % config.eval_chunk == 0, "eval_chunk", config.eval_chunk,
           f"a divisor of eval_batch = {config.eval_batch}")
-    check(config.lr > 0, "lr", config.lr, "> 0")
+    check_positive(config, "lr")
     check(config.a0 > 0 and config.b0 > 0, "a0/b0", (config.a0, config.b0), "both > 0 (ab = 0 is a saddle)")
     check(config.log_every <= config.num_steps, "log_every", config.log_every,
           f"<= num_steps = {config.num_steps}")

@@ -27,7 +27,8 @@ def check(ok: bool, key: str, got: Any, allowed: str) -> None:
 def check_ints_at_least_one(config, *keys: str) -> None:
     """check(config[k] >= 1, ...) for each key: the counts every experiment has (d, N, steps, batch…)."""
     for k in keys:
-        check(config[k] >= 1, k, config[k], "an integer >= 1")
+        v = config[k]
+        check(isinstance(v, int) and not isinstance(v, bool) and v >= 1, k, v, "an integer >= 1")
 
 
 def check_positive(config, *keys: str) -> None:
