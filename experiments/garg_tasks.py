@@ -29,6 +29,7 @@ from ictl.tasks import function_classes as fc
 from ictl.tasks import ood
 
 REPRODUCE = False
+LEFT_OUT = "accelerator: each paper-scale task (standard GPT, 500k steps) is a GPU run; the quick tier is a smoke run"
 TITLE = "Garg et al. 2022: sparse / ReLU-net / tree / noisy tasks and OOD suites (accelerator scale)"
 
 BASELINES = {

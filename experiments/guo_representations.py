@@ -37,7 +37,8 @@ from ictl.tasks import representation as rep
 from ictl.train import TrainState, fit, make_train_step, shard_batch
 from models.gpt import GPT, GPTConfig, init_params
 
-REPRODUCE = False  # kept out of `make run` to hold it near 15 min on 2 CPU cores; `ictl run` it directly (≈ 2 min)
+REPRODUCE = False
+LEFT_OUT = "time budget: ≈ 2 min at quick scale, kept out to hold `make run` near 15 min on 2 cores"
 TITLE = "Guo et al. 2024: ICL with a fixed representation Φ* — GPT vs ridge on Φ*(x), per-layer probes"
 
 

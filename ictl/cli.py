@@ -4,7 +4,7 @@
     ictl run EXPERIMENT [--workdir DIR] [--overwrite] [--mesh DATA,MODEL] [--config.KEY=VALUE ...]
     ictl resume WORKDIR
     ictl report [WORKDIR ...] [--out FILE]
-    ictl reproduce [--root DIR] [--only NAME,...] [--overwrite]
+    ictl reproduce [--root DIR] [--only NAME,... | --all] [--overwrite]
 
 Bad input (unknown experiment or key, wrong type, invalid value, a workdir in use or not
 empty) prints one line and exits with status 2 before anything is compiled or written.
@@ -105,12 +105,18 @@ def _print_rows(name: str, rows) -> None:
 
 
 def cmd_list(args) -> int:
+    left_out = []
     for name in experiment_names():
         module = load_experiment(name)
         tier = "quick" if getattr(module, "REPRODUCE", True) else "not in reproduce"
         print(f"{name:22s} [{tier}] {_summary(module)}")
-    print("\n[quick]: run at quick scale by `ictl reproduce` / `make run` (2 CPU cores). [not in reproduce]: left to\n"
-          "an accelerator or to a direct `ictl run NAME` (its quick tier would push `make run` past ~15 min).")
+        if tier != "quick":
+            left_out.append((name, getattr(module, "LEFT_OUT", "")))
+    print("\n[quick]: run at quick scale by `ictl reproduce` / `make run` (2 CPU cores).")
+    if left_out:
+        print("[not in reproduce]: `ictl run NAME` (quick tier) or `ictl reproduce --all`; why each is left out:")
+        for name, why in left_out:
+            print(f"  {name:20s} {why}")
     return 0
 
 
@@ -156,11 +162,14 @@ def cmd_report(args) -> int:
 
 def cmd_reproduce(args) -> int:
     root = pathlib.Path(args.root)
-    names = [n for n in experiment_names() if getattr(load_experiment(n), "REPRODUCE", True)]
+    names = [n for n in experiment_names() if args.all or getattr(load_experiment(n), "REPRODUCE", True)]
     if args.only:
+        if args.all:
+            raise ConfigError("--all: not together with --only (--only names the experiments to run)")
         wanted = args.only.split(",")
         for n in wanted:
-            check(n in experiment_names(), "only", n, f"experiment names: {', '.join(experiment_names())}")
+            if n not in experiment_names():
+                raise ConfigError(f"--only={n!r}: allowed experiment names: {', '.join(experiment_names())}")
         names = wanted
     plans = []  # validate everything before running anything
     for name in names:
@@ -212,7 +221,8 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--out")
     a = sub.add_parser("reproduce", help="every quick experiment, then the report")
     a.add_argument("--root", default="runs")
-    a.add_argument("--only")
+    a.add_argument("--only", help="comma-separated experiment names (any, including those not in reproduce)")
+    a.add_argument("--all", action="store_true", help="also the experiments left out of the default reproduction")
     a.add_argument("--overwrite", action="store_true")
     a.add_argument("--mesh")
     return p

@@ -7,6 +7,7 @@ import sys
 import ml_collections
 import pytest
 
+from ictl import cli
 from ictl.cli import main
 from ictl.config import ConfigError, apply_overrides
 
@@ -42,6 +43,8 @@ def _run(args, capsys):
     (["run", "zfb_shifts", "--config.M=0,5"], "config.M="),
     (["resume", "/nonexistent/dir"], "has no config.json"),
     (["list", "--config.d=3"], "only `ictl run` takes them"),
+    (["reproduce", "--only", "zfb_dynamics,nope"], "--only='nope': allowed experiment names"),
+    (["reproduce", "--only", "zfb_dynamics", "--all"], "--all: not together with --only"),
 ])
 def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, args, needle):
     wd = tmp_path / "w"
@@ -82,6 +85,12 @@ def test_list_names_experiments_and_tiers(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "zfb_dynamics" in out and "zfb_shifts" in out and "[quick]" in out and "[not in reproduce]" in out
+    # every experiment left out of `make run` says why (the LEFT_OUT line is printed under the list)
+    for name in cli.experiment_names():
+        module = cli.load_experiment(name)
+        if not getattr(module, "REPRODUCE", True):
+            assert len(getattr(module, "LEFT_OUT", "")) > 10, name
+            assert f"  {name:20s} {module.LEFT_OUT}" in out
 
 
 def test_console_script_exit_status(tmp_path):
