@@ -16,7 +16,8 @@ cd "$(dirname "$0")/.."
 LOG_DIR="${OUT:-/tmp/ictl_gpu}"
 mkdir -p "$LOG_DIR"
 PY="${PYTHON:-python}"
-# Pure-Python packages the machine may lack (jaxtyping, pytest, ...) can be carried in ./.gpu_site.
+# Pure-Python packages the machine may lack (jaxtyping, pytest, ...): `bash bench/make_gpu_site.sh`
+# here, then carry `.gpu_site` with the device run.
 EXTRA=""; [ -d .gpu_site ] && EXTRA="$PWD/.gpu_site:"
 export PYTHONPATH="$EXTRA$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export ICTL_NO_PROGRESS=1
