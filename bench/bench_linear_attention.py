@@ -32,6 +32,7 @@ import time
 import jax
 import jax.numpy as jnp
 
+from bench import _timing
 from kernels.gla import gla
 from kernels.linear_attention import linear_attention
 
@@ -71,19 +72,10 @@ def _inputs(key, op, b, t, h, d, dtype):
 
 def _measure(fn, args, reps):
     """(wall s, process-CPU s, peak MB estimate) of jit(fn)(*args), best of ``reps``."""
-    compiled = jax.jit(fn).lower(*args).compile()
-    mem = compiled.memory_analysis()
-    mb = None
-    if mem is not None:
-        mb = (mem.temp_size_in_bytes + mem.output_size_in_bytes
-              + mem.argument_size_in_bytes - mem.alias_size_in_bytes) / 2 ** 20
-    jax.block_until_ready(compiled(*args))  # warm-up
-    walls, cpus = [], []
-    for _ in range(reps):
-        t0, c0 = time.perf_counter(), time.process_time()
-        jax.block_until_ready(compiled(*args))
-        walls.append(time.perf_counter() - t0)
-        cpus.append(time.process_time() - c0)
+    compiled, _ = _timing.compile_jitted(fn, args)
+    planned = _timing.planned_bytes(compiled, with_arguments=True)
+    mb = None if planned is None else planned / 2 ** 20
+    _, walls, cpus = _timing.time_calls(compiled, args, reps)
     return min(walls), min(cpus), mb
 
 
@@ -207,10 +199,10 @@ def main(argv=None):
     if args.out is None and args.quick:
         args.out = str(pathlib.Path(__file__).resolve().parents[1] / "docs"
                        / "benchmarks_kernels_linear.md")
-    load0 = os.getloadavg()[0]
+    load0 = _timing.load_average()
     with jax.default_device(jax.devices(args.device)[0]):
         rows, stop = run(args)
-    md = to_markdown(rows, stop, args, (load0, os.getloadavg()[0]))
+    md = to_markdown(rows, stop, args, (load0, _timing.load_average()))
     print(md)
     if args.out and args.out != "-":
         pathlib.Path(args.out).write_text(md)

@@ -1,12 +1,13 @@
 """MoBA vs dense causal softmax: forward time and compiled memory at long T.
 
-    python -m bench.bench_moba                 # T = 32768, 32 blocks of 1024, top-3 (CPU: ~5 min)
-    python -m bench.bench_moba --quick         # T = 4096, 32 blocks of 128, top-3 (~1 min)
+    python -m bench.bench_moba                 # T = 32768, 32 blocks of 1024, top-3 (2-core CPU: ~3 min)
+    python -m bench.bench_moba --quick         # T = 4096, 32 blocks of 128, top-3 (~25 s)
     python -m bench.bench_moba --device gpu --out $OUT/moba_gpu.md
 
-Rows: MoBA "xla" (gather of the selected blocks), MoBA "pallas" (interpreted on CPU, compiled on
-GPU), dense causal softmax computed in query chunks of 512 (exact, O(T·512) memory), and dense
-causal softmax materialising the T×T logits (`jax.nn.dot_product_attention`, implementation
+Rows: MoBA "xla" (sparse: query tiles grouped by selected key block), MoBA "xla_union" (loop over
+the union of the blocks selected by a query block), MoBA "pallas" (the union loop as a kernel,
+interpreted on CPU, compiled on GPU), dense causal softmax computed in query chunks of 512 (exact,
+O(T·512) memory), and dense causal softmax materialising the T×T logits (`jax.nn.dot_product_attention`, implementation
 "xla"), which is only run when XLA's planned temp memory is under `--dense-limit-gb` (else the
 planned size is reported). Memory = `compiled.memory_analysis()` temp + output bytes (what XLA
 plans to allocate); on GPU also the device's peak bytes in use after the row (cumulative, rows
@@ -21,7 +22,8 @@ import functools
 import math
 import platform
 import statistics
-import time
+
+from bench import _timing
 
 
 def _parse(argv=None):
@@ -61,24 +63,15 @@ def _dense_chunked(q, k, v, chunk=512):
 def _measure(name, fn, args, repeats, run=True, limit_bytes=None):
     import jax
 
-    t0 = time.perf_counter()
-    compiled = jax.jit(fn).lower(*args).compile()
-    compile_s = time.perf_counter() - t0
-    mem = compiled.memory_analysis()
-    planned = None if mem is None else mem.temp_size_in_bytes + mem.output_size_in_bytes
+    compiled, compile_s = _timing.compile_jitted(fn, args)
+    planned = _timing.planned_bytes(compiled)
     row = dict(name=name, compile_s=compile_s, planned=planned, time=None, cpu=None, peak=None, note="")
     if limit_bytes is not None and planned is not None and planned > limit_bytes:
         row["note"] = f"not run: planned memory over the {limit_bytes / 2**30:.1f} GB limit"
         return row, None
     if not run:
         return row, None
-    out = jax.block_until_ready(compiled(*args))  # warm-up
-    times, cpu = [], []
-    for _ in range(repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
-        jax.block_until_ready(compiled(*args))
-        times.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
+    out, times, cpu = _timing.time_calls(compiled, args, repeats)
     row["time"], row["cpu"] = statistics.median(times), statistics.median(cpu)
     stats = jax.devices()[0].memory_stats() or {}
     row["peak"] = stats.get("peak_bytes_in_use")
@@ -86,10 +79,8 @@ def _measure(name, fn, args, repeats, run=True, limit_bytes=None):
 
 
 def _load():
-    try:
-        return "{:.1f}".format(__import__("os").getloadavg()[0])
-    except OSError:
-        return "unknown"
+    load = _timing.load_average()
+    return "unknown" if load is None else f"{load:.1f}"
 
 
 def _fmt_bytes(b):
@@ -124,15 +115,29 @@ def main(argv=None):
     data = {"random": (q, k, v), "clustered": (q + 2.0 * c_11HK, k + 2.0 * mu_1THK, v)}
     data = {name: tuple(x.astype(dtype) for x in xs) for name, xs in data.items()}
 
-    from kernels.moba import _plan
+    from kernels.moba import _block_gate, _plan, _prepare, _query_tile, _select_blocks, _sparse_layout
+
+    @jax.jit
+    def used_tiles(q, k, v):
+        qp, kp, _ = _prepare(q, k, v, bs)
+        idx, valid = _select_blocks(_block_gate(qp, kp, T, bs), args.top_k, None, bs)
+        G, S = idx.shape[0] * idx.shape[1], idx.shape[-1]
+        return _sparse_layout(idx.reshape(G, -1, S), valid.reshape(G, -1, S), T // bs, _query_tile(bs))[2]
 
     moba = functools.partial(moba_attention, block_size=bs, top_k=args.top_k)
     rows = []
     for name, qkv in data.items():
-        row, o_xla = _measure(f"MoBA xla, {name} q/k", functools.partial(moba, implementation="xla"), qkv, repeats)
+        row, o_xla = _measure(f"MoBA xla (sparse), {name} q/k", functools.partial(moba, implementation="xla"), qkv,
+                              repeats)
+        logits = float(used_tiles(*qkv)) * _query_tile(bs) * bs / (H * T * (T + 1) / 2)
+        row["note"] = f"q·k products: {100 * logits:.0f}% of the causal T(T+1)/2"
+        rows.append(row)
+        row, o_union = _measure(f"MoBA xla_union, {name} q/k", functools.partial(moba, implementation="xla_union"),
+                                qkv, repeats)
         count = jax.jit(lambda q, k, v: _plan(q, k, v, bs, args.top_k, None)[5])(*qkv)
         visited = float(count.sum()) / (count.shape[0] * sum(range(1, T // bs + 1)))
-        row["note"] = f"key blocks visited: {100 * visited:.0f}% of the causal block pairs"
+        diff = float(jnp.max(jnp.abs(o_union.astype(jnp.float32) - o_xla.astype(jnp.float32))))
+        row["note"] = f"key blocks visited: {100 * visited:.0f}% of the causal block pairs; max abs diff vs xla {diff:.1e}"
         rows.append(row)
         if args.no_pallas:
             continue
@@ -161,12 +166,13 @@ def main(argv=None):
         f"`{cmd}` on {machine}, jax {jax.__version__}, backend {backend}. Forward pass only.",
         f"Shapes: B = 1, T = {T}, H = {H}, K = V = {K}, {jnp.dtype(dtype).name}; MoBA blocks of {bs} "
         f"({T // bs} blocks), top-{args.top_k} (own block included): each query attends ≤ {args.top_k * bs} keys "
-        f"vs ≤ {T} for dense. Dense cost does not depend on the data; MoBA's does, through the union "
-        "of the blocks selected by the queries of a block (\"random\": i.i.d. N(0, 1) q, k; \"clustered\": "
+        f"vs ≤ {T} for dense. Dense cost does not depend on the data; MoBA xla_union's and pallas's do, through the "
+        "union of the blocks selected by the queries of a block (xla's does not) (\"random\": i.i.d. N(0, 1) q, k; \"clustered\": "
         "k += 2·μ_block, q += 2·c, so all queries rank the blocks alike).",
         "Memory = XLA's planned temp + output bytes (`compiled.memory_analysis()`); times = median of "
         f"{repeats} calls after a warm-up (wall clock, and process CPU time, which is less sensitive to "
-        f"other jobs on the machine; 1-min load average at start {load}).",
+        f"other jobs on the machine; 1-min load average {load} at start, {_load()} at end; above the core "
+        f"count ({__import__('os').cpu_count()}): other jobs shared the machine).",
         "",
         "| method | fwd wall (s) | fwd CPU (s) | planned memory | device peak | compile (s) | note |",
         "|---|---|---|---|---|---|---|",
@@ -180,7 +186,9 @@ def main(argv=None):
         "",
         "Notes: the query-chunked dense baseline computes all T×T logits (no skipping of the upper "
         "triangle), so a causal-skipping dense kernel would be ≈ 2× faster than it. \"key blocks visited\" "
-        "= Σ over query blocks of the union size / Σ of the causal block counts. GPU numbers: not yet "
+        "= Σ over query blocks of the union size / Σ of the causal block counts; \"q·k products\" = used "
+        "tiles × tile rows × block size / (H·T(T+1)/2) (own-block tiles count whole, masked or not). "
+        "GPU numbers: not yet "
         "measured; `bash bench/gpu.sh` writes them to `$OUT/benchmarks_kernels_sparse_gpu.md`.",
     ]
     text = "\n".join(lines) + "\n"

@@ -18,16 +18,21 @@ the gate. T need not divide by block_size: q, k, v are zero-padded to a whole nu
 (padded keys are in the future of every real query; padded outputs are dropped).
 
 Implementations: "reference" (dense T×T logits masked by a rank-counting selection, O(T²));
-"xla" and "pallas" share one block-union algorithm: one program per (batch·head, query block)
-loops over the union of the key blocks that any of its queries selected (dynamic slices of K/V)
-and accumulates a per-query-masked online softmax (`_online_step`). Memory O(T·#blocks) for the
-gate plus O(block_size²) per program; work ∝ Σ union sizes · block_size², ≤ dense causal (random
-q/k: unions cover all past blocks; queries that agree on blocks: less). A per-query gather of
-the selected blocks was 5× slower on CPU (bandwidth-bound), hence the union form. "xla" is a
-`lax.map` over programs under `jax.checkpoint` (differentiable); "pallas" is the same loop as a
-kernel, interpreted on CPU, in a `custom_vjp` whose backward is the vjp of "xla". Compiled, it
-uses the Triton lowering with 64-wide tiles (block_size, K, V powers of 2 ≥ 16); it lowers for
-CUDA (`jax.export`, tested) but has NOT yet been run on a GPU.
+"xla" (sparse): every (query, selected block) pair — own block included, at most top_k per query
+(static: threshold mode masks the unused slots) — is grouped by key block into tiles of ≤ 128
+queries (`_sparse_layout`: a stable sort by block id, each block's group padded to whole
+tiles); a `lax.map` over tiles computes one [tile, block_size] logits matmul against the tile's
+block (causal mask, which only bites in the own block) and its partial (max, sum, acc); the
+partials of a query are merged by log-sum-exp. Work O(T·top_k·block_size) whatever the data,
+memory O(T·top_k·V) for the partials. "xla_union" and "pallas" share a block-union algorithm:
+one program per (batch·head, query block) loops over the union of the key blocks that any of its
+queries selected (dynamic slices of K/V) with a per-query-masked online softmax (`_online_step`);
+work ∝ Σ union sizes · block_size², ≤ dense causal (random q/k: unions cover all past blocks).
+A per-query gather of the selected blocks (no grouping) was 5× slower on CPU (bandwidth-bound).
+"xla_union" is a `lax.map` over programs under `jax.checkpoint` (differentiable); "pallas" is the
+same loop as a kernel, interpreted on CPU, in a `custom_vjp` whose backward is the vjp of "xla".
+Compiled, it uses the Triton lowering with 64-wide tiles (block_size, K, V powers of 2 ≥ 16); it
+lowers for CUDA (`jax.export`, tested) but has NOT yet been run on a GPU.
 Layout: q, k [B, T, H, K], v [B, T, H, V] → o [B, T, H, V] in q's dtype.
 """
 from __future__ import annotations
@@ -45,7 +50,7 @@ except ImportError:  # pragma: no cover - a future jax without it
     _pl_triton = None
 from jaxtyping import Array, Bool, Float
 
-IMPLEMENTATIONS = ("reference", "xla", "pallas")
+IMPLEMENTATIONS = ("reference", "xla", "xla_union", "pallas")
 _HI = jax.lax.Precision.HIGHEST  # fp32 matmuls stay fp32 on GPU (no TF32)
 _NEG = -1e30  # finite "−∞" for online-softmax running maxima
 
@@ -156,7 +161,94 @@ def _init_carry(rows, V):
     return (jnp.full((rows,), _NEG, jnp.float32), jnp.zeros((rows,), jnp.float32), jnp.zeros((rows, V), jnp.float32))
 
 
-def _moba_xla(q, k, v, block_size, top_k, threshold, scale):
+def _sparse_layout(idx_GxTxS, valid_GxTxS, n: int, tile: int):
+    """Groups the (query, selected block) pairs by key block into query tiles of `tile` rows.
+
+    Pair p = (query t of row g, slot s) needs key block g·n + idx[g, t, s]. Pairs are sorted by
+    that block id (stable, so by query inside a block) and each block's group is padded to a
+    multiple of `tile`; tile i then holds queries of one key block only. Σ_j ⌈c_j / tile⌉ ≤
+    ⌊P / tile⌋ + G·n for P pairs, so the static tile count is that bound.
+
+    Returns per tile slot the flat query index g·Tp + t (−1 = empty) [nt·tile], per tile its key
+    block g·n + j [nt], the number of used tiles, and per pair its slot (nt·tile = dropped) [P].
+    """
+    G, Tp, S = idx_GxTxS.shape
+    P, nb = G * Tp * S, G * n
+    nt = P // tile + nb
+    g_G11 = jnp.arange(G, dtype=jnp.int32).reshape(G, 1, 1)
+    bid_P = jnp.where(valid_GxTxS, g_G11 * n + idx_GxTxS, nb).reshape(P)  # nb = unused slot
+    qid_P = jnp.broadcast_to(g_G11 * Tp + jnp.arange(Tp, dtype=jnp.int32)[None, :, None], (G, Tp, S)).reshape(P)
+    order_P = jnp.argsort(bid_P, stable=True)
+    count = jnp.zeros((nb + 1,), jnp.int32).at[bid_P].add(1)[:nb]
+    padded = -(-count // tile) * tile
+    start_raw = jnp.cumsum(count) - count
+    start_pad = jnp.cumsum(padded) - padded
+    bid_sorted = bid_P[order_P]
+    b_clip = jnp.minimum(bid_sorted, nb - 1)
+    pos_sorted = start_pad[b_clip] + jnp.arange(P, dtype=jnp.int32) - start_raw[b_clip]
+    pos_sorted = jnp.where(bid_sorted < nb, pos_sorted, nt * tile)
+    pos_P = jnp.zeros((P,), jnp.int32).at[order_P].set(pos_sorted)
+    qid_L = jnp.full((nt * tile,), -1, jnp.int32).at[pos_P].set(qid_P, mode="drop")
+    bid_L = jnp.full((nt * tile,), -1, jnp.int32).at[pos_P].set(bid_P, mode="drop")
+    tile_bid = jnp.maximum(bid_L.reshape(nt, tile).max(axis=1), 0)
+    return qid_L, tile_bid, jnp.sum(padded) // tile, pos_P
+
+
+def _query_tile(block_size: int) -> int:
+    """Rows per tile of the sparse path: the largest divisor of block_size that is ≤ 128."""
+    return max(d for d in range(1, min(block_size, 128) + 1) if block_size % d == 0)
+
+
+def _moba_xla(q, k, v, block_size, top_k, threshold, scale, tile=None):
+    """Sparse path in XLA: (query, selected block) pairs grouped by key block into query tiles
+    (`_sparse_layout`); `lax.map` over tiles, each one [tile, block] logits matmul against its
+    block (causal mask, which only bites in the own block) giving partial (max, sum, acc); the
+    ≤ top_k partials of each query are merged by log-sum-exp. Work O(T·top_k·block_size)."""
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    tile = _query_tile(block_size) if tile is None else tile
+    q_BxHxTxK, k_BxHxTxK, v_BxHxTxV = _prepare(q, k, v, block_size)
+    Tp = q_BxHxTxK.shape[2]
+    n, G = Tp // block_size, B * H
+    gate = jax.lax.stop_gradient(_block_gate(q_BxHxTxK, k_BxHxTxK, T, block_size))
+    idx_BxHxTxS, valid_BxHxTxS = _select_blocks(gate, top_k, threshold, block_size)
+    S = idx_BxHxTxS.shape[-1]
+    qid_L, tile_bid, used, pos_P = _sparse_layout(idx_BxHxTxS.reshape(G, Tp, S), valid_BxHxTxS.reshape(G, Tp, S),
+                                                  n, tile)
+    nt = tile_bid.shape[0]
+    q_LxK = q_BxHxTxK.astype(jnp.float32).reshape(G * Tp, K)[jnp.maximum(qid_L, 0)]
+    qpos_L = jnp.where(qid_L >= 0, qid_L % Tp, -1)  # −1: empty slot, sees no key
+    k_NxbxK = k_BxHxTxK.reshape(G * n, block_size, K)
+    v_NxbxV = v_BxHxTxV.reshape(G * n, block_size, V)
+
+    @jax.checkpoint
+    def one_tile(args):
+        i, gb, q_cxK, qpos_c, k_bxK, v_bxV = args
+
+        def compute(_):
+            kpos_b = (gb % n) * block_size + jnp.arange(block_size)
+            return _online_step(_init_carry(tile, V), q_cxK, k_bxK, v_bxV, jnp.zeros((tile, 1), jnp.int32),
+                                0, qpos_c, kpos_b, scale)
+
+        return jax.lax.cond(i < used, compute, lambda _: _init_carry(tile, V), None)
+
+    # K/V blocks are sliced inside the loop body (outside the checkpoint): gathering them for
+    # all tiles up front was no faster (T = 8192, blocks of 256) and costs O(#tiles·block) memory.
+    m_L, l_L, acc_LxV = jax.lax.map(lambda a: one_tile(a + (k_NxbxK[a[1]], v_NxbxV[a[1]])),
+                                    (jnp.arange(nt), tile_bid, q_LxK.reshape(nt, tile, K), qpos_L.reshape(nt, tile)))
+    # Back to pairs [G, Tp, S] (dropped slots: empty partials), then the log-sum-exp merge.
+    take = lambda x, fill: jnp.concatenate([x.reshape(nt * tile, *x.shape[2:]),
+                                            jnp.full((1, *x.shape[2:]), fill, x.dtype)])[pos_P]
+    m_GxTxS = take(m_L, _NEG).reshape(G, Tp, S)
+    l_GxTxS = take(l_L, 0.0).reshape(G, Tp, S)
+    acc_GxTxSxV = take(acc_LxV, 0.0).reshape(G, Tp, S, V)
+    m_GxT = jax.lax.stop_gradient(m_GxTxS.max(axis=-1))
+    w_GxTxS = jnp.exp(m_GxTxS - m_GxT[..., None])
+    o_GxTxV = jnp.einsum("gts,gtsv->gtv", w_GxTxS, acc_GxTxSxV, precision=_HI) / (w_GxTxS * l_GxTxS).sum(-1)[..., None]
+    return o_GxTxV.reshape(B, H, Tp, V).swapaxes(1, 2)[:, :T].astype(q.dtype)
+
+
+def _moba_union(q, k, v, block_size, top_k, threshold, scale):
     """Block-union path in XLA: `lax.map` over (B·H, query block) programs, each looping over
     its union of selected key blocks (dynamic slices) with the shared online-softmax step."""
     B, T, H, K = q.shape
@@ -264,7 +356,7 @@ def _moba_pallas_fwd(q, k, v, block_size, top_k, threshold, scale, interpret):
 
 
 def _moba_pallas_bwd(block_size, top_k, threshold, scale, interpret, res, g):
-    q, k, v = res  # backward = vjp of the blocked XLA path (recomputes the forward)
+    q, k, v = res  # backward = vjp of the sparse XLA path (recomputes the forward)
     _, vjp = jax.vjp(lambda q_, k_, v_: _moba_xla(q_, k_, v_, block_size, top_k, threshold, scale), q, k, v)
     return vjp(g)
 
@@ -285,8 +377,9 @@ def moba_attention(
       threshold: None for plain top-k; τ ∈ (0, 1] for VMoBA-style cumulative selection,
         capped at top_k blocks.
       scale: logit scale, default 1/√K.
-      implementation: "reference" (dense masked), "xla" (block-union loop) or "pallas" (the same
-        loop as a kernel; custom_vjp with the backward of "xla").
+      implementation: "reference" (dense masked), "xla" (sparse: query tiles grouped by selected
+        block), "xla_union" (block-union loop) or "pallas" (the block-union loop as a kernel;
+        custom_vjp with the backward of "xla").
       interpret: Pallas interpret mode; default True exactly when running on CPU.
     """
     _check(q, k, v, block_size, top_k, threshold, implementation)
@@ -297,6 +390,8 @@ def moba_attention(
                                         scale=scale)
     if implementation == "xla":
         return _moba_xla(q, k, v, block_size, top_k, threshold, scale)
+    if implementation == "xla_union":
+        return _moba_union(q, k, v, block_size, top_k, threshold, scale)
     if interpret is None:
         interpret = jax.default_backend() == "cpu"
     return _moba_pallas(q, k, v, block_size, top_k, threshold, scale, bool(interpret))

@@ -6,6 +6,9 @@ Backends (`BACKENDS`), all on q, k [B, T, H, K], v [B, T, H, V] → [B, T, H, V]
   o_t = φ(q_t) Σ_{s≤t} φ(k_s)ᵀ v_s / φ(q_t) Σ_{s≤t} φ(k_s)  (`kernels.linear_attention`).
 - "gla": gated linear attention S_t = Diag(α_t) S_{t−1} + k_tᵀ v_t, o_t = q_t S_t/√K with
   log α_t = logsigmoid(x_t W_g + b_g)/16 (Yang et al.; `kernels.gla`). Needs the gate `g`.
+- "lawcat": LAWCAT (`kernels.lawcat`): causal depthwise conv1d of width `conv_width` on q and k,
+  then normalised GLA with φ = elu + 1: S_t = Diag(α_t) S_{t−1} + φ(k̃_t)ᵀ v_t, z_t = α_t ⊙
+  z_{t−1} + φ(k̃_t), o_t = φ(q̃_t) S_t / (φ(q̃_t)·z_t + 1e-6); α_t as for "gla".
 - "moba": MoBA block-sparse attention (`kernels.moba`), block `block_size`, `top_k` blocks
   (own block included), optional VMoBA `threshold`.
 - "spark_topk": softmax over the logits above the Spark statistical top-k threshold, `k_keep`
@@ -13,7 +16,9 @@ Backends (`BACKENDS`), all on q, k [B, T, H, K], v [B, T, H, V] → [B, T, H, V]
 
 `Attention` maps x [B, T, D] → [B, T, D] with a fused "qkv" projection [D, 3, H, K] and an "out"
 projection [H, K, D] (the parameter layout of `models.gpt.CausalAttn`), plus "gate" [D, H, K]
-for "gla". Every backend is causal inside the module.
+for "gla" and "lawcat", and "conv_q", "conv_k" [conv_width, H, K] for "lawcat" (initialised to
+the identity filter, weight 1 on the current token, plus N(0, init_std) noise). Every backend is
+causal inside the module.
 """
 from __future__ import annotations
 
@@ -25,11 +30,12 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from kernels.gla import gla
+from kernels.lawcat import lawcat
 from kernels.linear_attention import linear_attention
 from kernels.moba import moba_attention
 from kernels.topk import spark_topk_attention
 
-BACKENDS = ("softmax", "linear", "gla", "moba", "spark_topk")
+BACKENDS = ("softmax", "linear", "gla", "lawcat", "moba", "spark_topk")
 GLA_GATE_TEMPERATURE = 16.0  # log α = logsigmoid(·)/16 (GLA paper)
 _HI = jax.lax.Precision.HIGHEST  # fp32 matmuls stay fp32 on GPU (no TF32)
 
@@ -54,16 +60,17 @@ def attend(
     q: Float[Array, "B T H K"], k: Float[Array, "B T H K"], v: Float[Array, "B T H V"], *,
     backend: str, causal: bool = True, g: Float[Array, "B T H K"] | None = None,
     implementation: str = "xla", block_size: int = 64, top_k: int = 3, threshold: float | None = None,
-    k_keep: int = 32,
+    k_keep: int = 32, conv_q: Float[Array, "W H K"] | None = None, conv_k: Float[Array, "W H K"] | None = None,
 ) -> Float[Array, "B T H V"]:
     """Attention of one backend (see the module docstring); output in q's dtype.
 
-    `implementation` ("reference" | "xla" | "pallas") applies to "linear", "gla" and "moba";
-    `g` (log-decays ≤ 0) is required by "gla"; "gla" and "moba" are causal only.
+    `implementation` ("reference" | "xla" | "pallas") applies to "linear", "gla", "lawcat" and
+    "moba"; `g` (log-decays ≤ 0) is required by "gla" and "lawcat", `conv_q`, `conv_k` by
+    "lawcat"; "gla", "lawcat" and "moba" are causal only.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
-    if backend in ("gla", "moba") and not causal:
+    if backend in ("gla", "lawcat", "moba") and not causal:
         raise ValueError(f"causal must be True for backend {backend!r}; got causal={causal!r}")
     if backend == "softmax":
         return _softmax(q, k, v, causal)
@@ -76,6 +83,11 @@ def attend(
             raise ValueError("g must be given for backend 'gla' (log-decays [B, T, H, K]); got None")
         o, _ = gla(q, k, v, g, implementation=implementation)
         return o.astype(q.dtype)
+    if backend == "lawcat":
+        for name, val in (("g", g), ("conv_q", conv_q), ("conv_k", conv_k)):
+            if val is None:
+                raise ValueError(f"{name} must be given for backend 'lawcat'; got None")
+        return lawcat(q, k, v, g, conv_q, conv_k, implementation=implementation).astype(q.dtype)
     if backend == "moba":
         return moba_attention(q, k, v, block_size=block_size, top_k=top_k, threshold=threshold,
                               implementation=implementation)
@@ -88,7 +100,8 @@ class Attention(nn.Module):
     Attributes:
       num_heads: H; head_dim K defaults to D // H.
       backend: one of `BACKENDS`.
-      implementation: kernel implementation for "linear" | "gla" | "moba".
+      implementation: kernel implementation for "linear" | "gla" | "lawcat" | "moba".
+      conv_width: LAWCAT's conv width W.
       block_size, top_k, threshold: MoBA options; k_keep: Spark top-k entries per row.
       dtype: compute dtype of the projections; param_dtype: parameter dtype (explicit, so x64
         mode does not turn parameters into float64).
@@ -103,6 +116,7 @@ class Attention(nn.Module):
     top_k: int = 3
     threshold: float | None = None
     k_keep: int = 32
+    conv_width: int = 4
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     init_std: float = 0.02
@@ -123,14 +137,24 @@ class Attention(nn.Module):
         qkv = nn.DenseGeneral((3, H, K), dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=init,
                               name="qkv")(x_BxTxD)
         q_BxTxHxK, k_BxTxHxK, v_BxTxHxK = (qkv[:, :, i] for i in range(3))
-        g_BxTxHxK = None
-        if self.backend == "gla":
+        g_BxTxHxK = conv_q = conv_k = None
+        if self.backend in ("gla", "lawcat"):
             gate = nn.DenseGeneral((H, K), dtype=jnp.float32, param_dtype=self.param_dtype, kernel_init=init,
                                    name="gate")(x_BxTxD)
             g_BxTxHxK = jax.nn.log_sigmoid(gate) / GLA_GATE_TEMPERATURE
+        if self.backend == "lawcat":
+            W = self.conv_width
+            if not isinstance(W, int) or W < 1:
+                raise ValueError(f"conv_width must be a positive int; got {W!r}")
+
+            def conv_init(key, shape, dtype):  # identity filter (1 on the current token) + noise
+                return init(key, shape, dtype).at[-1].add(1.0)
+
+            conv_q = self.param("conv_q", conv_init, (W, H, K), self.param_dtype)
+            conv_k = self.param("conv_k", conv_init, (W, H, K), self.param_dtype)
         o_BxTxHxK = attend(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, backend=self.backend, causal=True, g=g_BxTxHxK,
                            implementation=self.implementation, block_size=self.block_size, top_k=self.top_k,
-                           threshold=self.threshold, k_keep=self.k_keep)
+                           threshold=self.threshold, k_keep=self.k_keep, conv_q=conv_q, conv_k=conv_k)
         out_init = nn.initializers.normal(self.out_init_std, dtype=self.param_dtype)
         return nn.DenseGeneral(D, axis=(-2, -1), dtype=self.dtype, param_dtype=self.param_dtype,
                                kernel_init=out_init, name="out")(o_BxTxHxK.astype(self.dtype))

@@ -52,7 +52,8 @@ def test_shapes_dtypes_and_bitwise_determinism(backend):
     params_again = model.init(jax.random.key(1), _x())
     assert jax.tree.all(jax.tree.map(lambda a, b: np.array_equal(a * 25.0, b), params_again, params))
     names = set(params["params"])
-    assert names == ({"qkv", "out", "gate"} if backend == "gla" else {"qkv", "out"})
+    extra = {"gla": {"gate"}, "lawcat": {"gate", "conv_q", "conv_k"}}.get(backend, set())
+    assert names == {"qkv", "out"} | extra
 
 
 def test_bf16_compute_keeps_float32_params(x64):
@@ -112,6 +113,34 @@ def test_gla_backend_matches_numpy_recurrence():
     np.testing.assert_allclose(np.asarray(apply(params, x)), _numpy_out(p, o), rtol=1e-4, atol=1e-5)
 
 
+def test_lawcat_backend_matches_numpy_recurrence():
+    # q̃_t = Σ_j w_q[j] q_{t−W+1+j} (same for k), φ = elu + 1, α_t as for "gla";
+    # S_t = Diag(α_t) S_{t−1} + φ(k̃_t)ᵀ v_t, z_t = α_t z_{t−1} + φ(k̃_t),
+    # o_t = φ(q̃_t) S_t / (φ(q̃_t)·z_t + 1e-6).
+    _, params, apply = _init_apply("lawcat")
+    # Undo the ×25 on the filters (identity tap 25 would give |q̃| ≈ 35, where φ = elu + 1 underflows
+    # in float32 for negative entries and eps dominates the denominator: no test of the recurrence).
+    params = {"params": {**params["params"], **{n: params["params"][n] / 25.0 for n in ("conv_q", "conv_k")}}}
+    x = _x(6)
+    p, q, k, v = _numpy_qkv(params, x)
+    gate = np.einsum("btd,dhk->bthk", np.asarray(x, np.float64), p["gate"]["kernel"]) + p["gate"]["bias"]
+    alpha = np.exp(-np.logaddexp(0.0, -gate) / GLA_GATE_TEMPERATURE)
+    wq, wk = p["conv_q"], p["conv_k"]
+    W = wq.shape[0]
+    assert W == 4 and np.abs(wq[-1] - 1.0).max() < 0.1 and 0 < np.abs(wq[0]).max() < 0.1  # identity + noise
+    phi = lambda z: np.where(z > 0, z + 1.0, np.exp(np.minimum(z, 0.0)))
+    conv = lambda a, w, t: sum(w[j] * a[:, t - W + 1 + j] for j in range(W) if t - W + 1 + j >= 0)
+    K = q.shape[-1]
+    S, z = np.zeros((B, H, K, K)), np.zeros((B, H, K))
+    o = np.zeros_like(v)
+    for t in range(T):
+        fq, fk = phi(conv(q, wq, t)), phi(conv(k, wk, t))
+        S = alpha[:, t, :, :, None] * S + fk[..., None] * v[:, t, :, None, :]
+        z = alpha[:, t] * z + fk
+        o[:, t] = np.einsum("bhk,bhkv->bhv", fq, S) / (np.sum(fq * z, -1, keepdims=True) + 1e-6)
+    np.testing.assert_allclose(np.asarray(apply(params, x)), _numpy_out(p, o), rtol=1e-4, atol=1e-5)
+
+
 def test_bad_arguments_raise():
     with pytest.raises(ValueError, match=r"backend must be one of \('softmax', 'linear', 'gla'"):
         Attention(num_heads=H, backend="flash").init(jax.random.key(0), _x())
@@ -120,6 +149,10 @@ def test_bad_arguments_raise():
     q = jnp.zeros((B, T, H, 4))
     with pytest.raises(ValueError, match="g must"):
         attend(q, q, q, backend="gla")
+    with pytest.raises(ValueError, match="conv_q must"):
+        attend(q, q, q, backend="lawcat", g=jnp.zeros_like(q))
+    with pytest.raises(ValueError, match="conv_width"):
+        Attention(num_heads=H, backend="lawcat", conv_width=0).init(jax.random.key(0), _x())
     with pytest.raises(ValueError, match="causal"):
         attend(q, q, q, backend="moba", causal=False)
     with pytest.raises(ValueError, match="backend"):

@@ -1,4 +1,4 @@
-"""MoBA: "xla" and "pallas" paths against the dense masked reference, outputs and gradients.
+"""MoBA: "xla" (sparse), "xla_union" and "pallas" paths against the dense masked reference, outputs and gradients.
 
 Pallas runs interpreted on CPU; with ICTL_KERNELS_COMPILED=1 (accelerator) it runs compiled.
 """
@@ -14,7 +14,7 @@ from kernels import moba
 from kernels.moba import moba_attention, moba_attention_reference, moba_selection_reference
 
 INTERPRET = os.environ.get("ICTL_KERNELS_COMPILED") != "1"
-IMPLS = ("xla", "pallas")
+IMPLS = ("xla", "xla_union", "pallas")
 B, H, K, V = 1, 2, 16, 32  # V ≠ K catches layout mix-ups
 # Triton's dot needs tiles ≥ 16: compiled runs use blocks of 16 (and twice the T of the
 # block-structured cases); interpreted runs keep blocks of 8.
@@ -63,7 +63,8 @@ def test_forward_matches_reference_f32(impl, T, bs, top_k, tau):
 
 
 # The pallas backward is the xla vjp by construction (custom_vjp), so it gets one case.
-@pytest.mark.parametrize("impl,T,bs,top_k,tau", [("xla", *CASES[1]), ("xla", *CASES[3]), ("pallas", *CASES[1])])
+@pytest.mark.parametrize("impl,T,bs,top_k,tau", [("xla", *CASES[1]), ("xla", *CASES[2]), ("xla", *CASES[3]),
+                                                  ("xla_union", *CASES[1]), ("pallas", *CASES[1])])
 def test_gradients_match_reference_vjp(impl, T, bs, top_k, tau):
     q, k, v = _qkv(1, T)
     ct = jax.random.normal(jax.random.key(2), (B, T, H, V))
@@ -140,15 +141,48 @@ def test_deterministic_bitwise(impl):
     assert np.array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_xla_memory_is_subquadratic():
+@pytest.mark.parametrize("impl", ("xla", "xla_union"))
+def test_xla_memory_is_subquadratic(impl):
     # Compiled temp memory at T = 4096 (64 blocks of 64, 3 kept) vs the T² fp32 logits of dense.
     T = 4096
     x = jax.ShapeDtypeStruct((1, T, 1, K), jnp.float32)
-    compiled = jax.jit(lambda q, k, v: moba_attention(q, k, v, block_size=64, top_k=3)).lower(x, x, x).compile()
-    mem = compiled.memory_analysis()
+    fn = functools.partial(moba_attention, block_size=64, top_k=3, implementation=impl)
+    mem = jax.jit(fn).lower(x, x, x).compile().memory_analysis()
     if mem is None:
         pytest.fail("memory_analysis() unavailable on this backend")
     assert mem.temp_size_in_bytes < 0.5 * 4 * T * T
+
+
+@pytest.mark.parametrize("tau", [None, 0.4])
+def test_sparse_layout_holds_each_pair_once_with_bounded_work(tau):
+    # The "xla" path's tiles: every valid (query, block) pair sits in exactly one slot, every
+    # tile holds queries of its own key block only, and the used tiles cover
+    # ≤ #pairs + #blocks·(tile − 1) slots (each block's group padded by < one tile):
+    # work O(T·top_k·block_size), not O(T²).
+    T, bs, top_k, tile = 1000, 8, 4, 4
+    q, k, _ = _qkv(12, T)
+
+    @jax.jit
+    def layout(q, k):
+        qp, kp, _ = moba._prepare(q, k, k, bs)
+        idx, valid = moba._select_blocks(moba._block_gate(qp, kp, T, bs), top_k, tau, bs)
+        G, n = B * H, qp.shape[2] // bs
+        S = idx.shape[-1]
+        return (idx.reshape(G, -1, S), valid.reshape(G, -1, S),
+                *moba._sparse_layout(idx.reshape(G, -1, S), valid.reshape(G, -1, S), n, tile))
+
+    idx, valid, qid_L, tile_bid, used, pos_P = map(np.asarray, layout(q, k))
+    G, Tp, S = idx.shape
+    n, n_slots = Tp // bs, qid_L.shape[0]
+    pos = pos_P.reshape(G, Tp, S)
+    assert np.all(pos[~valid] == n_slots)  # unused (threshold) slots are dropped
+    assert len(np.unique(pos[valid])) == valid.sum()  # one slot per pair
+    for gi, ti, s in zip(*np.nonzero(valid)):
+        p = pos[gi, ti, s]
+        assert qid_L[p] == gi * Tp + ti and tile_bid[p // tile] == gi * n + idx[gi, ti, s]
+    assert (qid_L >= 0).sum() == valid.sum()
+    assert int(used) * tile <= valid.sum() + G * n * (tile - 1)
+    assert np.all(qid_L[int(used) * tile:] == -1)  # tiles past `used` are empty (skipped)
 
 
 def test_pallas_sub_tiles_match_reference():
