@@ -5,11 +5,15 @@ T = 2N tokens of width d. The model is
 
     h⁰ = W_in e_t + b_in + p_t                       read-in Linear(d→D), learned positions p_t
     hˡ = hˡ⁻¹ + Attn(LN(hˡ⁻¹));  hˡ = hˡ + MLP(LN(hˡ))  pre-LN blocks, causal attention, GELU MLP
-    out_t = w_outᵀ LN(h^L_t) + b_out                   read-out Linear(D→1)
+    out_t = W_outᵀ LN(h^L_t) + b_out                   read-out Linear(D→o), o = ``out_dim``
 
 and Garg et al. read the prediction of y_i at the x_i token (even positions), so prediction i
 sees x_1..x_i and y_1..y_{i-1}: i in-context examples. Named sizes (layers, heads, D):
 standard (12, 8, 256), small (6, 4, 128), tiny (3, 2, 64).
+
+``out_dim`` = 1 (default, Garg's scalar read-out) returns [B, T]; ``out_dim`` = o > 1 returns
+[B, T, o] (vector targets, e.g. next states x_{t+1} ∈ R^d of the sequential classes). The
+parameter tree is the same for both up to the read-out kernel's shape [D, o] and bias [o].
 
 Shapes: B batch, T tokens, D width, H heads, K head dim, F MLP width, d token width.
 ``attention_backend`` "softmax" (default) is the plain-jnp `CausalAttn` below; "linear", "gla",
@@ -48,9 +52,10 @@ class GPTConfig:
     mlp_ratio: int = 4        # F = mlp_ratio · D
     dtype: str = "float32"    # compute dtype
     attention_backend: str = "softmax"
+    out_dim: int = 1          # o: 1 → output [B, T]; o > 1 → output [B, T, o]
 
     def __post_init__(self):
-        for name in ("d_in", "max_tokens", "n_layers", "n_heads", "width", "mlp_ratio"):
+        for name in ("d_in", "max_tokens", "n_layers", "n_heads", "width", "mlp_ratio", "out_dim"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name}: got {v!r}; allowed a positive integer")
@@ -136,12 +141,13 @@ class TBlock(nn.Module):
 
 
 class GPT(nn.Module):
-    """Tokens [B, T, d] → one scalar per token [B, T] (float32)."""
+    """Tokens [B, T, d] → one scalar per token [B, T] (out_dim = 1) or a vector per token
+    [B, T, out_dim] (out_dim > 1), float32."""
 
     cfg: GPTConfig
 
     @nn.compact
-    def __call__(self, tokens_BxTxd: Float[Array, "B T d"]) -> Float[Array, "B T"]:
+    def __call__(self, tokens_BxTxd: Float[Array, "B T d"]) -> Float[Array, "B T *o"]:
         cfg = self.cfg
         dt = DTYPES[cfg.dtype]
         B, T, d = tokens_BxTxd.shape
@@ -159,9 +165,9 @@ class GPT(nn.Module):
         for i in range(cfg.n_layers):
             h_BxTxD = TBlock(cfg, name=f"block_{i}")(h_BxTxD)
         h_BxTxD = nn.LayerNorm(dtype=dt, param_dtype=jnp.float32, name="ln_f")(h_BxTxD)
-        out_BxTx1 = nn.Dense(1, dtype=dt, param_dtype=jnp.float32, kernel_init=_torch_linear_init(),
-                             name="read_out")(h_BxTxD)
-        return out_BxTx1[..., 0].astype(jnp.float32)
+        out_BxTxo = nn.Dense(cfg.out_dim, dtype=dt, param_dtype=jnp.float32, kernel_init=_torch_linear_init(),
+                             name="read_out")(h_BxTxD).astype(jnp.float32)
+        return out_BxTxo[..., 0] if cfg.out_dim == 1 else out_BxTxo
 
 
 def init_params(cfg: GPTConfig, key: jax.Array) -> Any:

@@ -77,10 +77,59 @@ def test_bfloat16_compute_tracks_float32(tiny):
     assert float(jnp.max(jnp.abs(o16 - o32))) > 0   # it really computed in bf16
 
 
+def test_vector_read_out_shape_and_count(tiny):
+    # out_dim = 3: output [B, T, 3]; only the read-out grows (kernel D·3 + bias 3 instead of D + 1)
+    cfg3 = GPTConfig.named("tiny", d_in=5, max_points=11, out_dim=3)
+    params3 = init_params(cfg3, jax.random.key(0))
+    assert num_params(params3) == _count(3, 64, 5, 22) + 2 * (64 + 1)
+    assert params3["params"]["read_out"]["kernel"].shape == (64, 3)
+    tokens = jax.random.normal(jax.random.key(1), (4, 22, 5))
+    out = GPT(cfg3).apply(params3, tokens)
+    assert out.shape == (4, 22, 3) and out.dtype == jnp.float32
+    # the body is shared: with the out_dim = 1 read-out copied into column 0, column 0 equals the scalar model
+    cfg, params = tiny
+    patched = {"params": {**params["params"], "read_out": {
+        "kernel": params3["params"]["read_out"]["kernel"].at[:, :1].set(params["params"]["read_out"]["kernel"]),
+        "bias": params3["params"]["read_out"]["bias"].at[:1].set(params["params"]["read_out"]["bias"])}}}
+    np.testing.assert_allclose(GPT(cfg3).apply(patched, tokens)[..., 0], GPT(cfg).apply(params, tokens),
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_out_dim_one_keeps_the_param_tree(tiny):
+    # out_dim = 1 (the default) must leave the tree, shapes and values of existing checkpoints unchanged
+    cfg, params = tiny
+    explicit = GPTConfig.named("tiny", d_in=5, max_points=11, out_dim=1)
+    assert explicit == cfg
+    same = init_params(explicit, jax.random.key(0))
+    assert jax.tree_util.tree_structure(same) == jax.tree_util.tree_structure(params)
+    for a, b in zip(jax.tree_util.tree_leaves(same), jax.tree_util.tree_leaves(params)):
+        assert a.shape == b.shape
+        np.testing.assert_array_equal(a, b)
+    assert params["params"]["read_out"]["kernel"].shape == (64, 1)
+    assert params["params"]["read_out"]["bias"].shape == (1,)
+
+
+def test_causality_by_gradients_vector_output():
+    # out_dim = 2: ∂out_{i,c}/∂token_j vanishes exactly for j > i, for both output coordinates c
+    cfg = GPTConfig(d_in=3, max_tokens=8, n_layers=1, n_heads=2, width=16, out_dim=2)
+    params = init_params(cfg, jax.random.key(0))
+    tokens = jax.random.normal(jax.random.key(1), (1, 8, 3))
+    jac = jax.jacrev(lambda t: GPT(cfg).apply(params, t)[0])(tokens)[:, :, 0]   # [T_out, o, T_in, d]
+    assert jac.shape == (8, 2, 8, 3)
+    upper = np.triu(np.ones((8, 8), bool), k=1)
+    for c in range(2):
+        mag = np.asarray(jnp.sum(jnp.abs(jac[:, c]), axis=-1))
+        assert np.all(mag[upper] == 0.0)
+        assert np.all(mag[~upper] > 0.0)
+
+
 @pytest.mark.parametrize("kw, match", [
     (dict(size="huge"), "size"),
     (dict(dtype="float16"), "dtype"),
     (dict(attention_backend="flash9"), "attention_backend"),
+    (dict(out_dim=0), "out_dim"),
+    (dict(out_dim=2.0), "out_dim"),
+    (dict(out_dim=-3), "out_dim"),
 ])
 def test_bad_configs(kw, match):
     size = kw.pop("size", "tiny")
