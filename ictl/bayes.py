@@ -11,6 +11,9 @@ which cancels in the normalised posteriors). With X the k×d design, noise y = X
                                   predictive  y_q | D ~ N(x_qᵀμ_post, σ² + x_qᵀ Σ_post x_q)
                                   (μ = 0, Σ = τ² I: ridge with λ = σ²/τ²)
     GMM prior Σ_c π_c N(μ_c, Σ):  E[w | D] = Σ_c r_c μ_post,c,   r_c ∝ π_c N(y; Xμ_c, XΣXᵀ + σ²I)
+    Gaussian families Σ_c π_c N(μ_c, Σ_c)  (covariances may differ and be singular; kernel form):
+                                  μ_post,c = μ_c + Σ_c Xᵀ K_c⁻¹ (y − Xμ_c),   K_c = XΣ_cXᵀ + σ²I
+                                  E[w | D] = Σ_c r_c μ_post,c,   r_c ∝ π_c N(y; Xμ_c, K_c)  (log det kept)
     finite pool {w_m} (uniform):  E[w | D] = Σ_m r_m w_m,       r_m = softmax_m(−‖y − X w_m‖² / 2σ²)
                                   (the discrete MMSE, "dMMSE")
 
@@ -90,6 +93,61 @@ def gmm_posterior_mean(x_Nxd: Float[Array, "N d"], y_N: Float[Array, "N"], mask_
     post = jax.vmap(lambda mu_d: gaussian_posterior(x_Nxd, y_N, mask_N, noise_var=noise_var, prior_mean_d=mu_d,
                                                     prior_cov_dxd=prior_cov_dxd)[0])
     return xq_d @ (r_C @ post(means_Cxd))
+
+
+def family_log_evidence(x_Nxd: Float[Array, "N d"], y_N: Float[Array, "N"], mask_N: Float[Array, "N"], *,
+                        means_Cxd: Float[Array, "C d"], covs_CxDxD: Float[Array, "C d d"],
+                        noise_var) -> Float[Array, "C"]:
+    """log N(y; Xμ_c, XΣ_cXᵀ + σ²I) per Gaussian family c, up to one constant common to all c.
+
+    The masked rows (X and y zero there) contribute the block σ²I and a zero residual: the same
+    −½(N − k) log(2πσ²) for every c, which is dropped together with −(k/2) log 2π.
+    """
+    xm_Nxd, ym_N = _masked(x_Nxd, y_N, mask_N)
+    N = x_Nxd.shape[0]
+
+    def one(mu_d, cov_dxd):
+        k_NxN = xm_Nxd @ cov_dxd @ xm_Nxd.T + noise_var * jnp.eye(N, dtype=x_Nxd.dtype)
+        chol_NxN = jnp.linalg.cholesky(k_NxN)
+        z_N = jax.scipy.linalg.solve_triangular(chol_NxN, ym_N - xm_Nxd @ mu_d, lower=True)
+        return -0.5 * jnp.sum(jnp.square(z_N)) - jnp.sum(jnp.log(jnp.diagonal(chol_NxN)))
+
+    return jax.vmap(one)(means_Cxd, covs_CxDxD)
+
+
+def family_responsibilities(x_Nxd: Float[Array, "N d"], y_N: Float[Array, "N"], mask_N: Float[Array, "N"], *,
+                            means_Cxd: Float[Array, "C d"], covs_CxDxD: Float[Array, "C d d"], noise_var,
+                            log_weights_C=None) -> Float[Array, "C"]:
+    """r_c = P(family c | D) ∝ π_c N(y; Xμ_c, XΣ_cXᵀ + σ²I) (π uniform by default)."""
+    C = means_Cxd.shape[0]
+    logw_C = jnp.full((C,), -jnp.log(C), x_Nxd.dtype) if log_weights_C is None else log_weights_C
+    return jax.nn.softmax(logw_C + family_log_evidence(x_Nxd, y_N, mask_N, means_Cxd=means_Cxd,
+                                                       covs_CxDxD=covs_CxDxD, noise_var=noise_var))
+
+
+def family_posterior_mean(x_Nxd: Float[Array, "N d"], y_N: Float[Array, "N"], mask_N: Float[Array, "N"],
+                          xq_d: Float[Array, "d"], *, means_Cxd: Float[Array, "C d"],
+                          covs_CxDxD: Float[Array, "C d d"], noise_var, log_weights_C=None) -> Float[Array, ""]:
+    """ŷ = x_qᵀ Σ_c r_c μ_post,c for a mixture of Gaussian task families Σ_c π_c N(μ_c, Σ_c).
+
+    μ_post,c = μ_c + Σ_c Xᵀ(XΣ_cXᵀ + σ²I)⁻¹(y − Xμ_c) (the N×N form: Σ_c may be singular, e.g. a
+    family supported on a subspace). C = 1 is one family's posterior mean; equal Σ_c give
+    `gmm_posterior_mean`.
+    """
+    xm_Nxd, ym_N = _masked(x_Nxd, y_N, mask_N)
+    N = x_Nxd.shape[0]
+    r_C = family_responsibilities(x_Nxd, y_N, mask_N, means_Cxd=means_Cxd, covs_CxDxD=covs_CxDxD,
+                                  noise_var=noise_var, log_weights_C=log_weights_C)
+
+    def post(mu_d, cov_dxd):
+        # Cholesky solves (a vmapped LU `jnp.linalg.solve` stalled on CPU beyond ≈ 40k systems)
+        k_NxN = xm_Nxd @ cov_dxd @ xm_Nxd.T + noise_var * jnp.eye(N, dtype=x_Nxd.dtype)
+        chol_NxN = jnp.linalg.cholesky(k_NxN)
+        z_N = jax.scipy.linalg.solve_triangular(chol_NxN, ym_N - xm_Nxd @ mu_d, lower=True)
+        a_N = jax.scipy.linalg.solve_triangular(chol_NxN.T, z_N, lower=False)
+        return mu_d + cov_dxd @ xm_Nxd.T @ a_N
+
+    return xq_d @ (r_C @ jax.vmap(post)(means_Cxd, covs_CxDxD))
 
 
 def dmmse_weights(x_Nxd: Float[Array, "N d"], y_N: Float[Array, "N"], mask_N: Float[Array, "N"], *,

@@ -125,3 +125,80 @@ def test_gaussian_predictive_is_calibrated(x64):
     z = (y[:, n] - mean[:, n]) / np.sqrt(var[:, n])
     assert abs(np.mean(z**2) - 1) < 4 * np.sqrt(2 / B)
     assert abs(np.mean(np.abs(z) <= 1.96) - 0.95) < 4 * np.sqrt(0.95 * 0.05 / B)
+
+
+def test_family_posterior_mean_vs_quadrature_in_one_dimension(x64):
+    """d = 1, two Gaussian families N(μ_c, v_c) with different variances: the posterior of the
+    scalar w is ∝ Σ_c π_c N(w; μ_c, v_c) Π_i N(y_i; w x_i, σ²); E[w | D] and P(c | D) by the
+    trapezoid rule on a fine grid (the integrand is smooth and negligible beyond ±15)."""
+    means, var, logpi, sig2 = np.array([[0.0], [1.5]]), np.array([4.0, 0.25]), np.log([0.3, 0.7]), 0.5
+    covs = var[:, None, None]
+    rng = np.random.default_rng(11)
+    n = 5
+    x = rng.normal(size=(3, n + 1, 1))
+    y = 1.2 * x[..., 0] + np.sqrt(sig2) * rng.normal(size=(3, n + 1))
+    exact = bayes.prefix_bayes(bayes.family_posterior_mean, x, y, means_Cxd=means, covs_CxDxD=covs,
+                               noise_var=sig2, log_weights_C=logpi)
+    grid = np.linspace(-15, 15, 300_001)
+    for b in range(3):
+        for k in range(n + 1):
+            loglik = -0.5 * np.sum((y[b, :k, None] - x[b, :k, 0, None] * grid[None]) ** 2, axis=0) / sig2
+            prior_cG = np.exp(logpi[:, None] - 0.5 * (grid[None] - means[:, 0, None]) ** 2 / var[:, None]) \
+                / np.sqrt(2 * np.pi * var[:, None])
+            post_cG = prior_cG * np.exp(loglik - loglik.max())[None]
+            z_c = np.trapezoid(post_cG, grid, axis=1)
+            w_mean = np.trapezoid(grid * post_cG.sum(0), grid) / z_c.sum()
+            np.testing.assert_allclose(exact[b, k], x[b, k, 0] * w_mean, rtol=1e-8, atol=1e-10)
+            mask = jnp.asarray((np.arange(n + 1) < k) * 1.0)
+            r = bayes.family_responsibilities(jnp.asarray(x[b]), jnp.asarray(y[b]), mask, means_Cxd=jnp.asarray(means),
+                                              covs_CxDxD=jnp.asarray(covs), noise_var=sig2,
+                                              log_weights_C=jnp.asarray(logpi))
+            np.testing.assert_allclose(np.asarray(r), z_c / z_c.sum(), rtol=1e-8)
+
+
+def test_family_posterior_mean_vs_monte_carlo_with_a_singular_family(x64):
+    """Dense N(0, I_3) and a family on the first coordinate, N(0, 3·diag(1, 0, 0)) (singular Σ):
+    prior draws from the ½/½ mixture weighted by the likelihood (SNIS) estimate E[x_qᵀw | D]."""
+    d, n, sig2, S = 3, 3, 0.25, 400_000
+    covs = np.stack([np.eye(d), np.diag(np.asarray(prism.support_prior_var(d, 1), np.float64))])
+    means = np.zeros((2, d))
+    rng = np.random.default_rng(12)
+    x = rng.normal(size=(4, n + 1, d))
+    w_true = np.array([[1.7, 0, 0], [0.3, -0.8, 1.1], [-2.0, 0, 0], [0.5, 0.5, 0.5]])
+    y = np.einsum("bnd,bd->bn", x, w_true) + np.sqrt(sig2) * rng.normal(size=(4, n + 1))
+    exact = bayes.prefix_bayes(bayes.family_posterior_mean, x, y, means_Cxd=means, covs_CxDxD=covs,
+                               noise_var=sig2)[:, n]
+    fam_S = rng.integers(0, 2, S)
+    z_Sxd = rng.normal(size=(S, d))
+    w_Sxd = np.where(fam_S[:, None] == 0, z_Sxd, z_Sxd * np.sqrt(np.diag(covs[1]))[None])
+    for b in range(4):
+        res_SxN = y[b, :n][None] - w_Sxd @ x[b, :n].T
+        est, se = _snis(w_Sxd @ x[b, n], -0.5 * np.sum(res_SxN**2, axis=1) / sig2)
+        assert se < 0.05, se
+        assert abs(exact[b] - est) < 4 * se, (b, exact[b], est, se)
+    # the support family's own posterior (C = 1) keeps w₂ = w₃ = 0: its prediction only uses x_q1
+    one = bayes.prefix_bayes(bayes.family_posterior_mean, x, y, means_Cxd=means[1:], covs_CxDxD=covs[1:],
+                             noise_var=sig2)
+    x0 = x.copy()
+    x0[:, :, 1:] = 0.0  # zeroing coordinates 2, 3 of the queries only changes nothing under that family
+    one_q0 = bayes.prefix_bayes(bayes.family_posterior_mean, x, y, x0, means_Cxd=means[1:], covs_CxDxD=covs[1:],
+                                noise_var=sig2)
+    np.testing.assert_allclose(one, one_q0, atol=1e-12)
+
+
+def test_family_posterior_mean_reduces_to_gmm_and_gaussian(x64):
+    d = 3
+    x, y = _linear_prompts(jax.random.key(13), batch=4, n=6, d=d, noise_std=0.7, w_Bxd=np.ones((4, d)))
+    rng = np.random.default_rng(13)
+    a = rng.normal(size=(d, d))
+    cov = a @ a.T + 0.3 * np.eye(d)
+    means = np.asarray(prism.gmm_means(d), np.float64)
+    fam = bayes.prefix_bayes(bayes.family_posterior_mean, x, y, means_Cxd=means, covs_CxDxD=np.stack([cov, cov]),
+                             noise_var=0.49)
+    gmm = bayes.prefix_bayes(bayes.gmm_posterior_mean, x, y, means_Cxd=means, noise_var=0.49, prior_cov_dxd=cov)
+    np.testing.assert_allclose(fam, gmm, atol=1e-10)
+    one = bayes.prefix_bayes(bayes.family_posterior_mean, x, y, means_Cxd=means[:1], covs_CxDxD=cov[None],
+                             noise_var=0.49)
+    gauss = bayes.prefix_bayes(bayes.gaussian_posterior_mean, x, y, noise_var=0.49, prior_mean_d=means[0],
+                               prior_cov_dxd=cov)
+    np.testing.assert_allclose(one, gauss, atol=1e-10)

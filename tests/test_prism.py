@@ -90,3 +90,33 @@ def test_family_mixture_selects_families_with_their_probabilities():
     np.testing.assert_allclose(np.asarray(p.y), np.einsum("bnd,bd->bn", np.asarray(p.x), w), atol=1e-4)
     with pytest.raises(ValueError, match="probs"):
         prism.sample_family_mixture(jax.random.key(6), samplers, [0.5, 0.6], batch=4)
+
+
+def test_gaussian_linear_family_and_support_prior():
+    B, d = 20_000, 4
+    v = prism.support_prior_var(d, 1)
+    np.testing.assert_allclose(np.asarray(v), [4.0, 0, 0, 0])
+    p = prism.sample_gaussian_linear(jax.random.key(7), batch=B, n_points=3, d=d, prior_var=v, noise_std=0.5)
+    w = np.asarray(p.params["w"], np.float64)
+    assert np.all(w[:, 1:] == 0)
+    _close(w[:, 0] ** 2, 4.0, np.sqrt(2) * 4.0)          # w₁ ~ N(0, 4): E w₁² = 4, sd(w₁²) = 4√2
+    # E y² = E‖w‖² + σ² = d + 0.25 (same as the dense family); per-prompt means
+    y2_B = np.mean(np.square(np.asarray(p.y, np.float64)), axis=1)
+    _close(y2_B, d + 0.25, y2_B.std())
+    dense = prism.sample_gaussian_linear(jax.random.key(8), batch=B, n_points=1, d=d).params["w"]
+    _close(np.square(np.asarray(dense)), 1.0, np.sqrt(2))
+    with pytest.raises(ValueError, match="support"):
+        prism.support_prior_var(3, 4)
+    with pytest.raises(ValueError, match="prior_var"):
+        prism.sample_gaussian_linear(jax.random.key(0), batch=2, n_points=1, d=d, prior_var=jnp.ones(3))
+
+
+def test_family_mixture_runs_under_jit():
+    d, n = 3, 4
+    samplers = {"dense": functools.partial(prism.sample_gaussian_linear, n_points=n, d=d),
+                "gmm": functools.partial(prism.sample_gmm_linear, n_points=n, d=d)}
+    f = functools.partial(prism.sample_family_mixture, samplers=samplers, probs=[0.5, 0.5], batch=8)
+    p_jit, fam_jit = jax.jit(f)(jax.random.key(9))
+    p, fam = f(jax.random.key(9))
+    np.testing.assert_array_equal(np.asarray(fam_jit), np.asarray(fam))
+    np.testing.assert_allclose(np.asarray(p_jit.y), np.asarray(p.y), atol=1e-5)

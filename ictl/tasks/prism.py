@@ -13,6 +13,10 @@ leading batch axis B. Inputs and priors (documented here, used by `ictl.bayes`):
     task pool     a finite pool of M = 2^k weight vectors w_m ~ N(0, I_d), drawn once from a
                   fixed ``pool_seed`` (`make_task_pool`); each prompt picks m ~ U{0..M−1},
                   x ~ N(0, I_d), y = w_mᵀx + σε. Bayes: `ictl.bayes.dmmse_posterior_mean`.
+    gaussian lin  x ~ N(0, I_d), w ~ N(0, diag(v)) with a given (possibly singular) prior variance
+                  vector v, y = wᵀx + σε (`sample_gaussian_linear`); `support_prior_var(d, s)` puts
+                  variance d/s on the first s coordinates and 0 elsewhere (E (wᵀx)² = d, like
+                  N(0, I_d)). Bayes: `ictl.bayes.family_posterior_mean` with one family.
     family mix    each prompt draws its family with given probabilities from a dict of samplers
                   with equal shapes (`sample_family_mixture`), e.g. dense/sparse linear.
 
@@ -25,6 +29,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
 FOURIER_MAX_FREQ = 10
@@ -98,6 +103,30 @@ def sample_gmm_linear(key: jax.Array, *, batch: int, n_points: int, d: int, shif
     return PrismPrompts(x_BxNxd, y_BxN, {"w": w_Bxd, "component": comp_B})
 
 
+# ----------------------------------------------------------------------------- Gaussian linear families
+def support_prior_var(d: int, support: int, *, dtype=jnp.float32) -> Float[Array, "d"]:
+    """v = (d/s, …, d/s, 0, …, 0): w lives on the first s coordinates with E‖w‖² = d."""
+    _check_pos(d=d, support=support)
+    if support > d:
+        raise ValueError(f"support: got {support!r}; allowed 1..d={d}")
+    return jnp.where(jnp.arange(d) < support, d / support, 0.0).astype(dtype)
+
+
+def sample_gaussian_linear(key: jax.Array, *, batch: int, n_points: int, d: int,
+                           prior_var: Float[Array, "d"] | None = None, noise_std: float = 0.0,
+                           dtype=jnp.float32) -> PrismPrompts:
+    """x ~ N(0, I_d), w ~ N(0, diag(prior_var)) (default I_d), y = wᵀx + σε; params = {"w": [B, d]}."""
+    _check_pos(batch=batch, n_points=n_points, d=d)
+    v_d = jnp.ones((d,), dtype) if prior_var is None else jnp.asarray(prior_var, dtype)
+    if v_d.shape != (d,):
+        raise ValueError(f"prior_var: got shape {v_d.shape}; allowed ({d},)")
+    k_w, k_x, k_e = jax.random.split(key, 3)
+    w_Bxd = jnp.sqrt(v_d)[None, :] * jax.random.normal(k_w, (batch, d), dtype)
+    x_BxNxd = jax.random.normal(k_x, (batch, n_points, d), dtype)
+    y_BxN = jnp.einsum("bnd,bd->bn", x_BxNxd, w_Bxd) + noise_std * jax.random.normal(k_e, (batch, n_points), dtype)
+    return PrismPrompts(x_BxNxd, y_BxN, {"w": w_Bxd})
+
+
 # ----------------------------------------------------------------------------- finite task pools
 def make_task_pool(pool_seed: int, *, log2_size: int, d: int, dtype=jnp.float32) -> Float[Array, "M d"]:
     """M = 2^log2_size weight vectors w_m ~ N(0, I_d), fixed by ``pool_seed`` (drawn once)."""
@@ -131,13 +160,13 @@ def sample_family_mixture(key: jax.Array, samplers: dict[str, Callable[..., Pris
     Returns (prompts with params = {name: params}, family index [B] in the dict's order).
     """
     names = list(samplers)
-    probs_F = jnp.asarray(probs, jnp.float32)
-    if probs_F.shape != (len(names),) or bool(jnp.any(probs_F < 0)) or abs(float(probs_F.sum()) - 1) > 1e-6:
+    probs_F = np.asarray(probs, np.float64)          # numpy: the checks also run under jit
+    if probs_F.shape != (len(names),) or bool(np.any(probs_F < 0)) or abs(float(probs_F.sum()) - 1) > 1e-6:
         raise ValueError(f"probs: got {probs!r}; allowed {len(names)} non-negative numbers summing to 1")
     _check_pos(batch=batch)
     k_f, *ks = jax.random.split(key, len(names) + 1)
     outs = [samplers[n](k, batch=batch) for n, k in zip(names, ks)]
-    fam_B = jax.random.choice(k_f, len(names), (batch,), p=probs_F)
+    fam_B = jax.random.choice(k_f, len(names), (batch,), p=jnp.asarray(probs_F, jnp.float32))
     x = jnp.stack([o.x for o in outs])
     y = jnp.stack([o.y for o in outs])
     if x.ndim != 4:
