@@ -52,7 +52,9 @@ def test_bayes_same_at_scale(prompts):
     x, y = prompts
     pool = jax.random.normal(jax.random.key(1), (8, D))
     means = np.stack([3 * np.eye(D)[0], -3 * np.eye(D)[0]])
+    covs = np.stack([np.eye(D), np.diag([float(D)] + [0.0] * (D - 1))])   # dense and 1-coordinate families
     for f, prior in ((bayes.gaussian_posterior_mean, {}), (bayes.dmmse_posterior_mean, {"pool_Mxd": pool}),
-                     (bayes.gmm_posterior_mean, {"means_Cxd": means})):
+                     (bayes.gmm_posterior_mean, {"means_Cxd": means}),
+                     (bayes.family_posterior_mean, {"means_Cxd": np.zeros((2, D)), "covs_CxDxD": covs})):
         run = lambda a, b: bayes.prefix_bayes(f, a, b, noise_var=0.25, **prior)  # noqa: E731
         assert _full_vs_chunks(run, x, y) < 1e-9, f.__name__   # float64
