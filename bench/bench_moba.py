@@ -171,8 +171,8 @@ def main(argv=None):
         "k += 2·μ_block, q += 2·c, so all queries rank the blocks alike).",
         "Memory = XLA's planned temp + output bytes (`compiled.memory_analysis()`); times = median of "
         f"{repeats} calls after a warm-up (wall clock, and process CPU time, which is less sensitive to "
-        f"other jobs on the machine; 1-min load average {load} at start, {_load()} at end; above the core "
-        f"count ({__import__('os').cpu_count()}): other jobs shared the machine).",
+        f"other jobs on the machine; 1-min load average {load} at start, {_load()} at end, on "
+        f"{__import__('os').cpu_count()} cores: other jobs shared the machine when it is above the core count).",
         "",
         "| method | fwd wall (s) | fwd CPU (s) | planned memory | device peak | compile (s) | note |",
         "|---|---|---|---|---|---|---|",
