@@ -160,17 +160,22 @@ def cmd_report(args) -> int:
     return 0
 
 
-def cmd_reproduce(args) -> int:
-    root = pathlib.Path(args.root)
-    names = [n for n in experiment_names() if args.all or getattr(load_experiment(n), "REPRODUCE", True)]
-    if args.only:
-        if args.all:
+def reproduce_names(*, only: str | None = None, all_: bool = False) -> list[str]:
+    """The experiments `ictl reproduce` runs: --only's list, every one (--all), or the REPRODUCE ones."""
+    if only:
+        if all_:
             raise ConfigError("--all: not together with --only (--only names the experiments to run)")
-        wanted = args.only.split(",")
+        wanted = only.split(",")
         for n in wanted:
             if n not in experiment_names():
                 raise ConfigError(f"--only={n!r}: allowed experiment names: {', '.join(experiment_names())}")
-        names = wanted
+        return wanted
+    return [n for n in experiment_names() if all_ or getattr(load_experiment(n), "REPRODUCE", True)]
+
+
+def cmd_reproduce(args) -> int:
+    root = pathlib.Path(args.root)
+    names = reproduce_names(only=args.only, all_=args.all)
     plans = []  # validate everything before running anything
     for name in names:
         module = load_experiment(name)

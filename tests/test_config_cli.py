@@ -93,6 +93,14 @@ def test_list_names_experiments_and_tiers(capsys):
             assert f"  {name:20s} {module.LEFT_OUT}" in out
 
 
+def test_reproduce_selection():
+    default, every = cli.reproduce_names(), cli.reproduce_names(all_=True)
+    assert every == cli.experiment_names() and set(default) < set(every)
+    left_out = {n for n in every if not getattr(cli.load_experiment(n), "REPRODUCE", True)}
+    assert left_out and set(default) == set(every) - left_out
+    assert cli.reproduce_names(only="zfb_shifts,garg_tasks") == ["zfb_shifts", "garg_tasks"]
+
+
 def test_console_script_exit_status(tmp_path):
     exe = os.path.join(os.path.dirname(sys.executable), "ictl")
     r = subprocess.run([exe, "run", "zfb_dynamics", "--config.d=-3", "--workdir", str(tmp_path / "x")],
