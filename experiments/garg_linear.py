@@ -29,7 +29,7 @@ from ictl import evaluation as ev
 from ictl.config import SCALES, ConfigError, check, check_ints_at_least_one, check_positive
 from ictl.results import new_figure, row, save_figure, write_results
 from ictl.tasks import function_classes as fc
-from ictl.train import TrainState, fit, shard_batch
+from ictl.train import TrainState, config_optimizer, fit, shard_batch
 from models.gpt import GPT, SIZES, GPTConfig, init_params, num_params
 
 REPRODUCE = True
@@ -121,19 +121,12 @@ def make_icl_step(model: GPT, tx, config):
     return step
 
 
-def optimizer(config):
-    """Adam; linear warmup, then cosine decay from lr to lr·lr_end (lr_end = 1: constant, Garg)."""
-    decay = optax.cosine_decay_schedule(config.lr, max(config.train_steps - config.warmup, 1), alpha=config.lr_end)
-    lr = optax.join_schedules([optax.linear_schedule(0.0, config.lr, config.warmup), decay], [config.warmup])
-    return optax.adam(lr)
-
-
 def train(config, workdir: pathlib.Path):
     """Trains (or resumes) the transformer; returns (model, params, history, seconds)."""
     model = GPT(model_config(config))
     key = jax.random.key(config.seed)
     params = init_params(model.cfg, jax.random.fold_in(key, 0))
-    tx = optimizer(config)
+    tx = config_optimizer(config)
     state = TrainState.create(params=params, tx=tx)
     t0 = time.time()
     state, history = fit(state, make_icl_step(model, tx, config), key=jax.random.fold_in(key, 1),

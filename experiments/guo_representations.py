@@ -26,7 +26,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from experiments.garg_linear import optimizer
 from ictl import baselines as bl
 from ictl import bayes
 from ictl import evaluation as ev
@@ -34,7 +33,7 @@ from ictl.config import SCALES, ConfigError, check, check_ints_at_least_one, che
 from ictl.results import new_figure, row, save_figure, write_results
 from ictl.tasks import function_classes as fc
 from ictl.tasks import representation as rep
-from ictl.train import TrainState, fit, make_train_step, shard_batch
+from ictl.train import TrainState, config_optimizer, fit, make_train_step, shard_batch
 from models.gpt import GPT, GPTConfig, init_params
 
 REPRODUCE = False
@@ -97,7 +96,7 @@ def run(config, workdir: pathlib.Path) -> list[dict]:
     model = GPT(GPTConfig(d_in=config.d, max_tokens=2 * config.n_points, n_layers=config.n_layers,
                           n_heads=config.n_heads, width=config.width))
     key = jax.random.key(config.seed)
-    tx = optimizer(config)
+    tx = config_optimizer(config)
 
     def loss_fn(params, k):
         p = rep.sample_representation_prompts(k, phi, batch=config.batch, n_points=config.n_points,

@@ -32,12 +32,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from experiments.garg_linear import optimizer
 from ictl import bayes
 from ictl.config import SCALES, ConfigError, check, check_ints_at_least_one, check_positive
 from ictl.results import new_figure, row, save_figure, write_results
 from ictl.tasks import function_classes as fc
-from ictl.train import TrainState, fit, make_train_step, shard_batch
+from ictl.train import TrainState, config_optimizer, fit, make_train_step, shard_batch
 from models.gpt import GPT, GPTConfig
 from models.gpt_uq import apply_uq, init_uq_params
 from objectives import gaussian_nll
@@ -101,7 +100,7 @@ def train(config, workdir: pathlib.Path):
     model = GPT(GPTConfig(d_in=config.d, max_tokens=2 * config.n_points, n_layers=config.n_layers,
                           n_heads=config.n_heads, width=config.width))
     key = jax.random.key(config.seed)
-    tx = optimizer(config)
+    tx = config_optimizer(config)
     state = TrainState.create(params=init_uq_params(model.cfg, jax.random.fold_in(key, 0)), tx=tx)
 
     def loss_fn(params, k):

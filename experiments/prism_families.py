@@ -52,14 +52,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from experiments.garg_linear import optimizer
 from ictl import bayes
 from ictl import evaluation as ev
 from ictl.config import SCALES, ConfigError, check, check_ints_at_least_one, check_positive
 from ictl.results import new_figure, row, save_figure, write_results
 from ictl.tasks import function_classes as fc
 from ictl.tasks import prism
-from ictl.train import TrainState, fit, make_train_step, shard_batch
+from ictl.train import TrainState, config_optimizer, fit, make_train_step, shard_batch
 from models.gpt import GPT, GPTConfig, init_params, num_params
 
 REPRODUCE = False
@@ -248,7 +247,7 @@ def train(name: str, fam: Family, config, workdir: pathlib.Path):
     model = GPT(cfg)
     key = jax.random.fold_in(jax.random.key(config.seed), FAMILIES.index(name))
     params = init_params(cfg, jax.random.fold_in(key, 0))
-    tx = optimizer(config)
+    tx = config_optimizer(config)
     state = TrainState.create(params=params, tx=tx)
     t0 = time.time()
     state, history = fit(state, make_train_step(make_loss(model, fam, config), tx), key=jax.random.fold_in(key, 1),

@@ -44,14 +44,13 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from experiments import prism_task_pool as ptp
-from experiments.garg_linear import optimizer
 from ictl import bayes
 from ictl import evaluation as ev
 from ictl.config import SCALES, ConfigError, check
 from ictl.results import new_figure, row, save_figure, write_results
 from ictl.tasks import function_classes as fc
 from ictl.tasks import prism
-from ictl.train import TrainState, fit, make_train_step
+from ictl.train import TrainState, config_optimizer, fit, make_train_step
 from models.gpt import GPT, init_params, num_params
 
 REPRODUCE = False
@@ -135,7 +134,7 @@ def train_pool(config, pool_Mxd, log2_M: int, workdir: pathlib.Path):
     model = GPT(ptp.model_config(config))
     key = jax.random.fold_in(jax.random.key(config.seed), log2_M)
     params = init_params(model.cfg, jax.random.fold_in(key, 0))
-    tx = optimizer(config)
+    tx = config_optimizer(config)
     state = TrainState.create(params=params, tx=tx)
     t0 = time.time()
     state, history = fit(state, make_train_step(ptp.make_loss(model, pool_Mxd, config), tx),

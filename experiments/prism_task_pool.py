@@ -29,7 +29,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from experiments.garg_linear import optimizer
 from ictl import baselines as bl
 from ictl import bayes
 from ictl import evaluation as ev
@@ -37,7 +36,7 @@ from ictl.config import SCALES, ConfigError, check
 from ictl.results import new_figure, row, save_figure, write_results
 from ictl.tasks import function_classes as fc
 from ictl.tasks import prism
-from ictl.train import TrainState, fit, make_train_step, shard_batch
+from ictl.train import TrainState, config_optimizer, fit, make_train_step, shard_batch
 from models.gpt import GPT, GPTConfig, init_params, num_params
 
 REPRODUCE = True
@@ -112,7 +111,7 @@ def train(config, pool_Mxd, workdir: pathlib.Path):
     model = GPT(model_config(config))
     key = jax.random.key(config.seed)
     params = init_params(model.cfg, jax.random.fold_in(key, 0))
-    tx = optimizer(config)
+    tx = config_optimizer(config)
     state = TrainState.create(params=params, tx=tx)
     t0 = time.time()
     state, history = fit(state, make_train_step(make_loss(model, pool_Mxd, config), tx),

@@ -71,7 +71,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from ictl import baselines as bl
 from ictl import evaluation as ev
@@ -79,7 +78,7 @@ from ictl.config import SCALES, ConfigError, check, check_ints_at_least_one, che
 from ictl.results import new_figure, row, save_figure, write_results
 from ictl.tasks import function_classes as fc
 from ictl.tasks import sequential as sq
-from ictl.train import TrainState, fit, make_train_step, shard_batch
+from ictl.train import TrainState, config_optimizer, fit, make_train_step, shard_batch
 from models.gpt import GPT, GPTConfig, init_params, num_params
 
 REPRODUCE = False
@@ -148,12 +147,6 @@ def validate(config) -> None:
 
 
 # ----------------------------------------------------------------------------- training
-def _optimizer(config, steps: int):
-    decay = optax.cosine_decay_schedule(config.lr, max(steps - config.warmup, 1), alpha=config.lr_end)
-    return optax.adam(optax.join_schedules([optax.linear_schedule(0.0, config.lr, config.warmup), decay],
-                                           [config.warmup]))
-
-
 def _gpt(config, *, d_in: int, max_tokens: int, out_dim: int) -> GPT:
     return GPT(GPTConfig(d_in=d_in, max_tokens=max_tokens, n_layers=config.n_layers, n_heads=config.n_heads,
                          width=config.width, out_dim=out_dim))
@@ -204,7 +197,7 @@ def window_loss(model: GPT, config):
 
 def train(model: GPT, loss_fn, config, steps: int, key, workdir: pathlib.Path, desc: str):
     """Trains (or resumes from ``workdir``) and returns (params, history, seconds)."""
-    tx = _optimizer(config, steps)
+    tx = config_optimizer(config, total_steps=steps)
     state = TrainState.create(params=init_params(model.cfg, jax.random.fold_in(key, 0)), tx=tx)
     t0 = time.time()
     state, history = fit(state, make_train_step(loss_fn, tx), key=jax.random.fold_in(key, 1), num_steps=steps,

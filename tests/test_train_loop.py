@@ -140,3 +140,13 @@ def test_step_compiles_once(tmp_path):
 
     fit(state, counted, key=jax.random.key(6), num_steps=25, workdir=tmp_path, log_every=5, ckpt_every=10)
     assert len(traces) == 1
+
+
+def test_warmup_cosine_schedule():
+    from ictl.train import warmup_cosine_schedule
+    f = warmup_cosine_schedule(lr=2e-3, warmup=100, total_steps=1100, lr_end=0.1)
+    # linear warmup: lr·t/warmup; cosine: lr·(lr_end + (1 − lr_end)(1 + cos(π s/1000))/2) at s = t − 100;
+    # optax computes in float32, hence rel 1e-6
+    expected = {0: 0.0, 50: 1e-3, 100: 2e-3, 600: 2e-3 * (0.1 + 0.9 * 0.5), 1100: 2e-4}
+    for t, v in expected.items():
+        assert float(f(t)) == pytest.approx(v, rel=1e-6, abs=1e-12), t
