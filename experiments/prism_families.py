@@ -113,11 +113,8 @@ def validate(config) -> None:
     fams = family_list(config)
     check(len(fams) >= 1 and all(f in FAMILIES for f in fams) and len(set(fams)) == len(fams), "families",
           config.families, f"a comma-separated subset of {','.join(FAMILIES)}")
-    for key in ("fourier_points", "d", "n_points", "support", "n_layers", "n_heads", "width", "batch",
-                "train_steps", "eval_prompts", "n_boot"):
-        check(isinstance(config[key], int), key, config[key], "an integer >= 1")
-    check_ints_at_least_one(config, "d", "support", "n_layers", "n_heads", "width", "batch", "train_steps",
-                            "n_boot")
+    check_ints_at_least_one(config, "fourier_points", "d", "n_points", "support", "n_layers", "n_heads", "width",
+                            "batch", "train_steps", "eval_prompts", "n_boot")
     check(isinstance(config.fourier_n_max, int) and 1 <= config.fourier_n_max <= prism.FOURIER_MAX_FREQ,
           "fourier_n_max", config.fourier_n_max, f"an integer in 1..{prism.FOURIER_MAX_FREQ}")
     check(config.fourier_points >= 2, "fourier_points", config.fourier_points, "an integer >= 2")
