@@ -32,7 +32,7 @@ import numpy as np
 from ictl import baselines as bl
 from ictl import bayes
 from ictl import evaluation as ev
-from ictl.config import SCALES, ConfigError, check
+from ictl.config import SCALES, ConfigError, check, check_ints_at_least_one
 from ictl.results import new_figure, row, save_figure, write_results
 from ictl.tasks import function_classes as fc
 from ictl.tasks import prism
@@ -75,8 +75,8 @@ def get_config(scale: str = "quick") -> ml_collections.ConfigDict:
 
 def validate(config) -> None:
     check(config.scale in SCALES, "scale", config.scale, str(SCALES))
-    for key in ("d", "n_points", "n_layers", "n_heads", "width", "batch", "train_steps", "eval_prompts"):
-        check(isinstance(config[key], int) and config[key] >= 1, key, config[key], "a positive integer")
+    check_ints_at_least_one(config, "d", "n_points", "n_layers", "n_heads", "width", "batch", "train_steps",
+                            "eval_prompts")
     check(config.n_points >= 2, "n_points", config.n_points, "an integer >= 2")
     check(isinstance(config.log2_pool, int) and 0 <= config.log2_pool <= 20, "log2_pool", config.log2_pool,
           "an integer in 0..20")
