@@ -8,6 +8,9 @@ from collections.abc import Sequence
 from typing import Any
 
 SOURCES = ("theory", "paper", "baseline")
+TOL_KINDS = ("abs", "rel")
+CLAIMS = ("equal", "at_most", "at_least")
+VERDICTS = ("reproduced", "not reproduced", "informational")
 RESULTS_FILE = "results.json"
 
 
@@ -15,15 +18,57 @@ def _num(x) -> float:
     return float(x)
 
 
-def row(quantity: str, expected: float, measured: float, source: str, *, note: str = "") -> dict:
-    """One comparison: rel_err = |measured − expected| / |expected| (the absolute error when expected = 0)."""
+def verdict(expected: float, measured: float, *, tol: float | None, tol_kind: str = "abs",
+            claim: str = "equal") -> str:
+    """'reproduced' when the claim holds within the tolerance, 'not reproduced' when it does not,
+    'informational' when the row makes no claim (tol None).
+
+    With t = tol (abs) or tol·|expected| (rel): equal ⇔ |m − e| ≤ t; at_most ⇔ m ≤ e + t;
+    at_least ⇔ m ≥ e − t. A non-finite measured value never reproduces.
+    """
+    if tol is None:
+        return "informational"
+    t = tol if tol_kind == "abs" else tol * abs(expected)
+    if not math.isfinite(measured):
+        return "not reproduced"
+    ok = {"equal": abs(measured - expected) <= t, "at_most": measured <= expected + t,
+          "at_least": measured >= expected - t}[claim]
+    return "reproduced" if ok else "not reproduced"
+
+
+def row(quantity: str, expected: float, measured: float, source: str, *, note: str = "",
+        tol: float | None = None, tol_kind: str = "abs", claim: str = "equal", why: str = "") -> dict:
+    """One comparison of a measured number with what it should match.
+
+    rel_err = |measured − expected| / |expected| (the absolute error when expected = 0).
+    A claim: ``tol`` (≥ 0) with ``tol_kind`` "abs" | "rel" and ``claim`` "equal" (|m − e| ≤ t),
+    "at_most" (m ≤ e + t) or "at_least" (m ≥ e − t), and ``why`` that tolerance (MC error,
+    bootstrap band, paper precision, ...), required with a tolerance. Without ``tol`` the row
+    is informational (shown, counted in no summary). The row's ``verdict`` follows (`verdict`).
+    """
     if source not in SOURCES:
         raise ValueError(f"source: got {source!r}; allowed {SOURCES}")
+    if tol_kind not in TOL_KINDS:
+        raise ValueError(f"tol_kind: got {tol_kind!r}; allowed {TOL_KINDS}")
+    if claim not in CLAIMS:
+        raise ValueError(f"claim: got {claim!r}; allowed {CLAIMS}")
+    if tol is not None and not (tol >= 0 and why):
+        raise ValueError(f"tol: got {tol!r} with why={why!r}; allowed tol >= 0 together with a reason (why=...)")
     expected, measured = _num(expected), _num(measured)
     err = abs(measured - expected)
     rel_err = err / abs(expected) if expected != 0 else err
     return {"quantity": quantity, "expected": expected, "measured": measured,
-            "rel_err": rel_err if math.isfinite(rel_err) else None, "source": source, "note": note}
+            "rel_err": rel_err if math.isfinite(rel_err) else None, "source": source, "note": note,
+            "tol": None if tol is None else float(tol), "tol_kind": tol_kind, "claim": claim, "why": why,
+            "verdict": verdict(expected, measured, tol=tol, tol_kind=tol_kind, claim=claim)}
+
+
+def count_verdicts(rows: Sequence[dict]) -> dict[str, int]:
+    """{verdict: number of rows}; rows written before verdicts existed count as informational."""
+    out = {v: 0 for v in VERDICTS}
+    for r in rows:
+        out[r.get("verdict", "informational")] += 1
+    return out
 
 
 def write_results(workdir: pathlib.Path | str, rows: Sequence[dict], **extra: Any) -> pathlib.Path:

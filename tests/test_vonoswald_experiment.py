@@ -24,7 +24,7 @@ def test_tiny_run(tmp_path):
     rows = vo.run(c, tmp_path)
     by = {r["quantity"]: r for r in rows}
     for r in rows:
-        assert set(r) == {"quantity", "expected", "measured", "rel_err", "source", "note"}
+        assert set(r) >= {"quantity", "expected", "measured", "rel_err", "source", "note", "verdict"}
         assert r["source"] in ("theory", "paper", "baseline")
     # closed form (test_gd_construction.py): η* = 200/33, L* = 490/2376, zero predictor 10/24
     lsa = by["1-layer LSA ½MSE vs best 1-step GD (closed form)"]
