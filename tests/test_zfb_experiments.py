@@ -4,6 +4,7 @@ import json
 import pytest
 
 from ictl.cli import main
+from ictl.train.loop import read_sessions
 
 DYN = ["--config.t1=1.0", "--config.lr=0.02", "--config.batch=256", "--config.eval_every=10"]
 SHIFTS = ["--config.steps=60", "--config.batch=256", "--config.M=2,20", "--config.num_prompts=500"]
@@ -48,6 +49,11 @@ def test_resume_of_finished_run_reproduces_rows(runs, capsys):
     assert main(["resume", str(runs / "dyn")]) == 0
     after = _rows(runs / "dyn")
     assert before == after  # training restored from the final checkpoints, same evaluation keys
+    # ... and not retrained: deterministic retraining from step 0 would give the same rows, so the
+    # session records must show the final checkpoint restored and 0 steps run in every fit
+    for name in ("sgd", "population_gd"):
+        last = read_sessions(runs / "dyn" / name)[-1]
+        assert last["steps_run"] == 0 and last["restored_step"] == last["end"] > 0, (name, last)
 
 
 def test_report_has_every_figure_and_row(runs, capsys):

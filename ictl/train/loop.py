@@ -1,6 +1,7 @@
 """The training loop: jitted pure steps, metrics, checkpoints, exact resume, SIGTERM, divergence.
 
-``fit`` runs ``step_fn(state, fold_in(key, step))`` from the state's step to ``num_steps``:
+``fit`` runs ``step_fn(state, fold_in(key, step))`` from the state's step to ``num_steps`` (``key`` may
+be a stack of per-seed keys [S] for a `ictl.train.seeds.vmap_seeds` step; each is folded):
 - metrics every ``log_every`` steps to ``workdir/metrics.jsonl`` and TensorBoard event files
   (``workdir/tb``), a progress bar on stderr (off with ICTL_NO_PROGRESS=1);
 - orbax checkpoints every ``ckpt_every`` steps and at the end (``workdir/ckpt``); on start it
@@ -8,7 +9,13 @@
   uninterrupted one does (the per-step key depends only on the step);
 - a non-finite loss raises `Diverged` naming the step, after the last good checkpoint is kept
   (the state is checked before every save, so a NaN state is never written);
-- SIGTERM: finishes the current step, checkpoints, exits with status 143.
+- SIGTERM: finishes the current step (or chunk), checkpoints, exits with status 143;
+- ``steps_per_call=K`` runs K steps per dispatch inside one jitted ``lax.scan`` with the same
+  per-step keys ``fold_in(key, step)``, so the parameters are bitwise those of K single calls;
+  logging, evaluation and checkpoints happen at multiples of K (which must divide their intervals).
+  Tiny models spend most of a step in dispatch; K = 10–50 removes it;
+- every call appends one line to ``workdir/sessions.jsonl``: the step it restored (None: fresh),
+  the steps it ran, its wall seconds and K — what a resumed run did is on record.
 """
 from __future__ import annotations
 
@@ -18,13 +25,16 @@ import os
 import pathlib
 import signal
 import sys
+import time
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ictl.train import checkpoint
 from ictl.train.mesh import make_mesh, replicated
+from ictl.train.seeds import fold_keys
 from ictl.train.tensorboard import EventWriter
 
 
@@ -43,6 +53,15 @@ def _scalars(metrics) -> dict:
 
 def _finite(m: dict) -> bool:
     return all(math.isfinite(v) for v in m.values())
+
+
+SESSIONS_FILE = "sessions.jsonl"
+
+
+def read_sessions(workdir) -> list[dict]:
+    """One record per `fit` call on ``workdir``: restored_step, start, end, steps_run, seconds, steps_per_call."""
+    path = pathlib.Path(workdir) / SESSIONS_FILE
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
 def read_history(workdir) -> list[dict]:
@@ -82,13 +101,17 @@ def fit(
     desc: str = "train",
     mesh=None,
     keep: int = 2,
+    steps_per_call: int = 1,
 ):
     """Trains to ``num_steps`` (resuming from ``workdir`` if it holds checkpoints).
 
     Returns (state, history): history is every logged record {step, loss, ...} of this run,
     earlier sessions' included. ``eval_fn(state) -> dict`` adds scalars every ``eval_every``
-    steps (and at step 0 and the end).
+    steps (and at step 0 and the end). ``steps_per_call`` (K ≥ 1, dividing ``log_every``,
+    ``ckpt_every`` and ``eval_every``) steps run per dispatch; the last call may run fewer.
     """
+    eval_every = eval_every or log_every
+    check_steps_per_call(steps_per_call, log_every=log_every, ckpt_every=ckpt_every, eval_every=eval_every)
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     mesh = mesh if mesh is not None else make_mesh()
@@ -98,16 +121,21 @@ def fit(
     restored, ckpt_step = checkpoint.restore_latest(mngr, state, sharding=rep)
     if restored is not None:
         state = restored
-    start = int(jax.device_get(state.step))
+    start = int(np.asarray(jax.device_get(state.step)).reshape(-1)[0])  # a seed stack has one step per seed, all equal
     hist_path = workdir / "metrics.jsonl"
     _truncate_history(hist_path, start)  # records past the checkpoint are redone exactly
     main = jax.process_index() == 0
     tb = EventWriter(workdir / "tb") if main else None
     hist_f = open(hist_path, "a") if main else None
 
-    with jax.set_mesh(mesh):
-        jstep = jax.jit(step_fn, in_shardings=(rep, rep), out_shardings=(rep, rep), donate_argnums=0)
-    eval_every = eval_every or log_every
+    calls = {}  # steps per call -> jitted function (K, and a shorter last call if num_steps % K)
+
+    def jitted(n: int):
+        if n not in calls:
+            fn = step_fn if n == 1 and steps_per_call == 1 else multi_step(step_fn, n)
+            with jax.set_mesh(mesh):
+                calls[n] = jax.jit(fn, in_shardings=(rep, rep), out_shardings=(rep, rep), donate_argnums=0)
+        return calls[n]
 
     def log(step: int, record: dict) -> None:
         if main:
@@ -124,20 +152,31 @@ def fit(
         old_handler = signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("sigterm", True))
     bar = _progress(num_steps, start, desc)
     last_saved = ckpt_step
+    t_start = time.time()
+    step = start
     try:
         if start == 0 and eval_fn is not None:
             log(0, do_eval(0))
-        for step in range(start, num_steps):
+        while step < num_steps:
+            n = min(steps_per_call - step % steps_per_call, num_steps - step)  # realigns a resume at step % K != 0
             with jax.set_mesh(mesh):
-                new_state, metrics = jstep(state, jax.random.fold_in(key, step))
-            done = step + 1
+                if n == 1 and steps_per_call == 1:
+                    new_state, metrics = jitted(1)(state, fold_keys(key, step))
+                else:
+                    new_state, metrics = jitted(n)(state, (key, jnp.int32(step)))
+            done = step + n
             need_log = done % log_every == 0 or done == num_steps
             need_ckpt = done % ckpt_every == 0 or done == num_steps or stop["sigterm"]
             if need_log or need_ckpt:
+                if steps_per_call > 1:  # [n] per metric: the first non-finite step of the chunk is named
+                    bad = _first_nonfinite(metrics)
+                    if bad is not None:
+                        raise Diverged(step + bad + 1, _scalars(_index(metrics, bad)), last_saved)
+                    metrics = _index(metrics, n - 1)
                 m = _scalars(metrics)
                 if not _finite(m):
                     raise Diverged(done, m, last_saved)
-            state = new_state
+            state, step = new_state, done
             if need_log:
                 if eval_fn is not None and (done % eval_every == 0 or done == num_steps):
                     m.update(do_eval(done))
@@ -145,7 +184,7 @@ def fit(
                 if bar is not None:
                     bar.set_postfix(loss=f"{m['loss']:.4g}")
             if bar is not None:
-                bar.update(1)
+                bar.update(n)
             if need_ckpt:
                 checkpoint.save(mngr, done, state)
                 last_saved = done
@@ -157,6 +196,11 @@ def fit(
     finally:
         mngr.wait_until_finished()
         mngr.close()
+        if main:
+            with open(workdir / SESSIONS_FILE, "a") as f:
+                f.write(json.dumps({"restored_step": ckpt_step, "start": start, "end": step, "steps_run": step - start,
+                                    "seconds": round(time.time() - t_start, 3), "steps_per_call": steps_per_call})
+                        + "\n")
         if bar is not None:
             bar.close()
         if main:
@@ -165,6 +209,45 @@ def fit(
         if old_handler is not None:
             signal.signal(signal.SIGTERM, old_handler)
     return state, read_history(workdir)
+
+
+def multi_step(step_fn: Callable, n: int) -> Callable:
+    """``(state, (key, step0)) -> (state, metrics [n])``: n calls of ``step_fn`` in one ``lax.scan``,
+    step i drawing ``fold_in(key, step0 + i)`` exactly as n single calls would."""
+
+    def run(state, key_and_step):
+        key, step0 = key_and_step
+
+        def body(st, i):
+            return step_fn(st, fold_keys(key, step0 + i))
+
+        return jax.lax.scan(body, state, jnp.arange(n, dtype=jnp.int32))
+
+    return run
+
+
+def check_steps_per_call(k, *, log_every: int, ckpt_every: int, eval_every: int | None = None) -> None:
+    """ValueError unless k is an integer >= 1 dividing the logging, evaluation and checkpoint intervals."""
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"steps_per_call={k!r}: allowed an integer >= 1")
+    for name, every in (("log_every", log_every), ("ckpt_every", ckpt_every), ("eval_every", eval_every)):
+        if every is not None and every % k:
+            raise ValueError(f"steps_per_call={k}: must divide {name}={every}; allowed a divisor of {every}")
+
+
+def _index(metrics: dict, i: int) -> dict:
+    return {k: v[i] for k, v in metrics.items()}
+
+
+def _first_nonfinite(metrics: dict):
+    """Index of the first step whose scalar metrics are not all finite, else None."""
+    ok = np.ones(len(next(iter(metrics.values()))), bool)
+    for v in jax.device_get(metrics).values():
+        v = np.asarray(v)
+        if v.ndim == 1:
+            ok &= np.isfinite(v)
+    bad = np.flatnonzero(~ok)
+    return int(bad[0]) if bad.size else None
 
 
 def _can_handle_signals() -> bool:
