@@ -98,10 +98,14 @@ def execute(name: str, config, workdir: pathlib.Path) -> list[dict]:
 
 
 def _print_rows(name: str, rows) -> None:
-    print(f"{name}: {len(rows)} results")
+    from ictl.results import count_verdicts
+
+    c = count_verdicts(rows)
+    print(f"{name}: {len(rows)} results, {c['reproduced']} of {c['reproduced'] + c['not reproduced']} claims reproduced")
     for r in rows:
         rel = "" if r.get("rel_err") is None else f"  rel_err {r['rel_err']:.3g}"
-        print(f"  {r['quantity']}: measured {r['measured']:.6g}  expected {r['expected']:.6g} ({r['source']}){rel}")
+        print(f"  [{r.get('verdict', 'informational')}] {r['quantity']}: measured {r['measured']:.6g}  "
+              f"expected {r['expected']:.6g} ({r['source']}){rel}")
 
 
 def cmd_list(args) -> int:
