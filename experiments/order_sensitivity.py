@@ -26,6 +26,7 @@ transformer (1500 steps, error/d 0.47 at K = 10, not converged) 0.52 = 0.35 × i
 from __future__ import annotations
 
 import functools
+import math
 import pathlib
 
 import jax
@@ -143,7 +144,8 @@ def run(config, workdir: pathlib.Path) -> list[dict]:
     g.seed, g.size, g.d, g.n_points, g.batch = config.seed, config.size, config.d, config.n_ctx + 1, config.batch
     g.train_steps, g.lr, g.warmup, g.log_every, g.ckpt_every = (config.train_steps, config.lr, config.warmup,
                                                                 max(config.train_steps // 5, 1), config.train_steps)
-    gpt, gpt_params, gpt_hist, _ = garg_linear.train(g, workdir)
+    g.steps_per_call = math.gcd(g.log_every, g.ckpt_every, g.steps_per_call)
+    gpt, (gpt_params,), gpt_hist, _ = garg_linear.train(g, workdir)
     lsa, lsa_params, lsa_hist = train_lsa(config, workdir)
 
     key = jax.random.key(config.seed + 1000)

@@ -139,7 +139,8 @@ def train_pool(config, pool_Mxd, log2_M: int, workdir: pathlib.Path):
     t0 = time.time()
     state, history = fit(state, make_train_step(ptp.make_loss(model, pool_Mxd, config), tx),
                          key=jax.random.fold_in(key, 1), num_steps=config.train_steps, workdir=workdir / "train",
-                         log_every=config.log_every, ckpt_every=config.ckpt_every, desc=f"pool M=2^{log2_M}")
+                         log_every=config.log_every, ckpt_every=config.ckpt_every,
+                         steps_per_call=config.steps_per_call, desc=f"pool M=2^{log2_M}")
     return model, state.params, history, time.time() - t0
 
 

@@ -16,7 +16,7 @@ def sweep(tmp_path_factory):
     c = ptd.get_config("quick")
     c.d, c.n_points, c.width, c.n_layers, c.n_heads = 3, 5, 16, 1, 2
     c.log2_pools = "2,0"  # unsorted on purpose: the sweep runs M = 1 then M = 4
-    c.train_steps, c.warmup, c.log_every, c.ckpt_every, c.batch = 10, 0, 5, 10, 16
+    c.train_steps, c.warmup, c.log_every, c.ckpt_every, c.batch, c.steps_per_call = 10, 0, 5, 10, 16, 5
     c.eval_prompts, c.n_boot = B, 20
     workdir = tmp_path_factory.mktemp("diversity")
     rows = ptd.run(c, workdir)

@@ -42,7 +42,7 @@ def test_coverage_and_nll_of_a_known_gaussian():
 def test_run_end_to_end(tmp_path):
     c = uq.get_config("quick")
     c.d, c.n_points, c.width, c.n_layers, c.train_steps, c.warmup = 2, 5, 16, 1, 20, 0
-    c.batch, c.eval_prompts, c.log_every, c.ckpt_every = 16, 2000, 10, 20
+    c.batch, c.eval_prompts, c.log_every, c.ckpt_every, c.steps_per_call = 16, 2000, 10, 20, 10
     rows = uq.run(c, tmp_path)
     for stem in ("icl_uncertainty.png", "icl_uncertainty.pdf", "results.json"):
         assert (tmp_path / stem).exists()
