@@ -49,15 +49,15 @@ def bench_one(size: str, d: int, n_points: int, batch: int, steps: int, dtype: s
     else:
         state = TrainState.create(params=init_params(model.cfg, jax.random.key(0)), tx=tx)
     params = unstack(state.params, 0) if seeds > 1 else state.params
-    step = jax.jit(multi_step(step_fn, steps_per_call), donate_argnums=0)
+    step = jax.jit(multi_step(step_fn), donate_argnums=0)
     t0 = time.perf_counter()
-    state, m = step(state, (key, jnp.int32(0)))
+    state, (m, _, _) = step(state, (key, jnp.int32(0), jnp.int32(steps_per_call)))
     jax.block_until_ready(m["loss"])
     compile_s = time.perf_counter() - t0
     times = []
     for i in range(steps):
         t = time.perf_counter()
-        state, m = step(state, (key, jnp.int32((i + 1) * steps_per_call)))
+        state, (m, _, _) = step(state, (key, jnp.int32((i + 1) * steps_per_call), jnp.int32(steps_per_call)))
         jax.block_until_ready(m["loss"])
         times.append((time.perf_counter() - t) / steps_per_call)
     med = statistics.median(times)

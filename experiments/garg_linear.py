@@ -112,7 +112,7 @@ def make_icl_step(model: GPT, tx, config):
         d_act, _, _, pmask_N = fc.curriculum_masks(step, d=d, n_points=n, dims=dims, points=points)
         p = fc.sample_prompts(key, config.task, batch=config.batch, n_points=n, d=d, d_active=d_act)
         x, y = shard_batch((p.x, p.y))
-        pred = fc.predictions_at_x(model.apply(params, fc.interleave(x, y)))
+        pred = model.apply(params, fc.interleave(x, y), x_only=True)  # [B, N]: outputs at the x tokens
         se_BxN = jnp.square(pred - y) * pmask_N[None, :]
         loss = jnp.sum(se_BxN) / (config.batch * jnp.sum(pmask_N))
         return loss, {"err_per_d": loss / d_act, "d_active": d_act}

@@ -102,7 +102,7 @@ def run(config, workdir: pathlib.Path) -> list[dict]:
         p = rep.sample_representation_prompts(k, phi, batch=config.batch, n_points=config.n_points,
                                               noise_std=config.noise_std)
         x, y = shard_batch((p.x, p.y))
-        loss = jnp.mean(jnp.square(fc.predictions_at_x(model.apply(params, fc.interleave(x, y))) - y))
+        loss = jnp.mean(jnp.square(model.apply(params, fc.interleave(x, y), x_only=True) - y))
         return loss, {}
 
     state, history = fit(TrainState.create(params=init_params(model.cfg, jax.random.fold_in(key, 0)), tx=tx),

@@ -231,7 +231,7 @@ def make_loss(model: GPT, fam: Family, config):
 
     def loss_fn(params, key):
         x, y = shard_batch(fam.sample(key, config.batch))
-        pred_BxN = fc.predictions_at_x(model.apply(params, fc.interleave(x, y)))
+        pred_BxN = model.apply(params, fc.interleave(x, y), x_only=True)
         loss = jnp.mean(jnp.square(pred_BxN - y))
         return loss, {"err_norm": loss / fam.norm}
 

@@ -102,7 +102,7 @@ def make_loss(model: GPT, pool_Mxd, config):
         p = prism.sample_pool_prompts(key, pool_Mxd, batch=config.batch, n_points=config.n_points,
                                       noise_std=config.noise_std)
         x, y = shard_batch((p.x, p.y))
-        pred_BxN = fc.predictions_at_x(model.apply(params, fc.interleave(x, y)))
+        pred_BxN = model.apply(params, fc.interleave(x, y), x_only=True)
         loss = jnp.mean(jnp.square(pred_BxN - y))
         return loss, {"err_per_d": loss / config.d}
 

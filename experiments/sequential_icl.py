@@ -188,7 +188,7 @@ def window_loss(model: GPT, config):
     def loss_fn(params, key):
         p = _window(key, config, config.batch)
         x, y = shard_batch((p.x, p.y))
-        pred_BxN = fc.predictions_at_x(model.apply(params, fc.interleave(x, y)))
+        pred_BxN = model.apply(params, fc.interleave(x, y), x_only=True)
         loss = jnp.mean(jnp.square(pred_BxN - y)) / (config.win_d * config.win_window)
         return loss, {}
 

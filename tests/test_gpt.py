@@ -88,6 +88,23 @@ def test_forward_matches_float64_numpy_definition(tiny):
     assert np.abs(want).max() > 0.5  # O(1) outputs, so the bound is meaningful
 
 
+@pytest.mark.parametrize("out_dim", [1, 3])
+def test_x_only_equals_the_full_forward_at_x_tokens(out_dim):
+    """x_only=True computes the last block at the x tokens only: outputs and parameter gradients equal
+    the full forward's at the even positions (float32 rounding)."""
+    cfg = GPTConfig(d_in=4, max_tokens=12, n_layers=2, n_heads=2, width=16, out_dim=out_dim)
+    params = init_params(cfg, jax.random.key(3))
+    tokens = jax.random.normal(jax.random.key(4), (3, 12, 4))
+    full = GPT(cfg).apply(params, tokens)[:, ::2]
+    part = GPT(cfg).apply(params, tokens, x_only=True)
+    assert part.shape == full.shape == ((3, 6) if out_dim == 1 else (3, 6, 3))
+    np.testing.assert_allclose(part, full, rtol=1e-5, atol=1e-6)
+    g_full = jax.grad(lambda p: jnp.sum(jnp.sin(GPT(cfg).apply(p, tokens)[:, ::2])))(params)
+    g_part = jax.grad(lambda p: jnp.sum(jnp.sin(GPT(cfg).apply(p, tokens, x_only=True))))(params)
+    for a, b in zip(jax.tree.leaves(g_full), jax.tree.leaves(g_part)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_causality_by_gradients(tiny):
     # ∂out_i/∂token_j must vanish exactly for j > i and not for j ≤ i.
     cfg, params = tiny

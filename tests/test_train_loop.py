@@ -137,16 +137,19 @@ def test_sigterm_checkpoints_then_exits(tmp_path):
 
 
 def test_step_compiles_once(tmp_path):
-    """The jitted step is traced once for the whole run (no silent recompiles per step)."""
+    """The step is traced a fixed number of times per run — once for the loop body, once for the shape of
+    its metrics — however many steps and calls (25 steps in calls of 1 and of 5, no silent retraces)."""
     state, step = _setup()
-    traces = []
+    for k in (1, 5):
+        traces = []
 
-    def counted(st, key):
-        traces.append(1)  # runs at trace time only
-        return step(st, key)
+        def counted(st, key):
+            traces.append(1)  # runs at trace time only
+            return step(st, key)
 
-    fit(state, counted, key=jax.random.key(6), num_steps=25, workdir=tmp_path, log_every=5, ckpt_every=10)
-    assert len(traces) == 1
+        fit(state, counted, key=jax.random.key(6), num_steps=25, workdir=tmp_path / f"k{k}", log_every=5,
+            ckpt_every=10, steps_per_call=k)
+        assert len(traces) == 2, k
 
 
 def test_warmup_cosine_schedule():
@@ -214,3 +217,21 @@ def test_seed_stack_trains_each_seed_like_its_own_run(tmp_path):
     shutil.rmtree(tmp_path / "S" / "ckpt" / "20")  # resume the stack from 10
     again, _ = fit(state_S, vmap_seeds(step), key=fold_keys(keys_S, 1), workdir=tmp_path / "S", **kw)
     assert read_sessions(tmp_path / "S")[-1]["restored_step"] == 10 and _same(out_S, again)
+
+
+def test_steps_per_call_is_bitwise_for_the_gpt_step(tmp_path):
+    """The Garg GPT train step (fresh prompts inside, Adam, x_only read-out) scanned 4 at a time ends
+    bit for bit where 8 single calls do."""
+    import ml_collections
+
+    from experiments.garg_linear import make_icl_step
+    from models.gpt import GPT, GPTConfig, init_params
+
+    c = ml_collections.ConfigDict(dict(task="linear", d=3, n_points=5, batch=8, curriculum=False))
+    model = GPT(GPTConfig(d_in=3, max_tokens=10, n_layers=1, n_heads=2, width=16))
+    tx = optax.adam(1e-3)
+    state = TrainState.create(params=init_params(model.cfg, jax.random.key(0)), tx=tx)
+    kw = dict(key=jax.random.key(1), num_steps=8, log_every=4, ckpt_every=8)
+    one, h1 = fit(state, make_icl_step(model, tx, c), workdir=tmp_path / "k1", **kw)
+    four, h4 = fit(state, make_icl_step(model, tx, c), workdir=tmp_path / "k4", steps_per_call=4, **kw)
+    assert _same(one, four) and h1 == h4

@@ -10,10 +10,11 @@ be a stack of per-seed keys [S] for a `ictl.train.seeds.vmap_seeds` step; each i
 - a non-finite loss raises `Diverged` naming the step, after the last good checkpoint is kept
   (the state is checked before every save, so a NaN state is never written);
 - SIGTERM: finishes the current step (or chunk), checkpoints, exits with status 143;
-- ``steps_per_call=K`` runs K steps per dispatch inside one jitted ``lax.scan`` with the same
-  per-step keys ``fold_in(key, step)``, so the parameters are bitwise those of K single calls;
-  logging, evaluation and checkpoints happen at multiples of K (which must divide their intervals).
-  Tiny models spend most of a step in dispatch; K = 10–50 removes it;
+- ``steps_per_call=K`` runs K steps per dispatch inside one jitted loop (`multi_step`) with the same
+  per-step keys ``fold_in(key, step)``; the loop's trip count is a runtime value, so one executable
+  serves K-step calls, single calls and resumes alike: the parameters are bitwise those of K single
+  calls. Logging, evaluation and checkpoints happen at multiples of K (which must divide their
+  intervals). Tiny models spend much of a step in dispatch; K = 10–50 removes it;
 - every call appends one line to ``workdir/sessions.jsonl``: the step it restored (None: fresh),
   the steps it ran, its wall seconds and K — what a resumed run did is on record.
 """
@@ -49,10 +50,6 @@ class Diverged(RuntimeError):
 
 def _scalars(metrics) -> dict:
     return {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items() if np.ndim(v) == 0}
-
-
-def _finite(m: dict) -> bool:
-    return all(math.isfinite(v) for v in m.values())
 
 
 SESSIONS_FILE = "sessions.jsonl"
@@ -128,14 +125,11 @@ def fit(
     tb = EventWriter(workdir / "tb") if main else None
     hist_f = open(hist_path, "a") if main else None
 
-    calls = {}  # steps per call -> jitted function (K, and a shorter last call if num_steps % K)
-
-    def jitted(n: int):
-        if n not in calls:
-            fn = step_fn if n == 1 and steps_per_call == 1 else multi_step(step_fn, n)
-            with jax.set_mesh(mesh):
-                calls[n] = jax.jit(fn, in_shardings=(rep, rep), out_shardings=(rep, rep), donate_argnums=0)
-        return calls[n]
+    # ONE executable runs any number of steps (a dynamic trip count), so K-step calls, single calls, the
+    # shorter last call and resumed runs all execute the same compiled step: bitwise equal by construction
+    with jax.set_mesh(mesh):
+        run_steps = jax.jit(multi_step(step_fn), in_shardings=(rep, rep), out_shardings=(rep, rep),
+                            donate_argnums=0)
 
     def log(step: int, record: dict) -> None:
         if main:
@@ -160,22 +154,15 @@ def fit(
         while step < num_steps:
             n = min(steps_per_call - step % steps_per_call, num_steps - step)  # realigns a resume at step % K != 0
             with jax.set_mesh(mesh):
-                if n == 1 and steps_per_call == 1:
-                    new_state, metrics = jitted(1)(state, fold_keys(key, step))
-                else:
-                    new_state, metrics = jitted(n)(state, (key, jnp.int32(step)))
+                new_state, (metrics, bad, bad_metrics) = run_steps(state, (key, jnp.int32(step), jnp.int32(n)))
             done = step + n
             need_log = done % log_every == 0 or done == num_steps
             need_ckpt = done % ckpt_every == 0 or done == num_steps or stop["sigterm"]
             if need_log or need_ckpt:
-                if steps_per_call > 1:  # [n] per metric: the first non-finite step of the chunk is named
-                    bad = _first_nonfinite(metrics)
-                    if bad is not None:
-                        raise Diverged(step + bad + 1, _scalars(_index(metrics, bad)), last_saved)
-                    metrics = _index(metrics, n - 1)
+                bad = int(bad)  # the first step of the call with a non-finite metric (−1: none) is named
+                if bad >= 0:
+                    raise Diverged(step + bad + 1, _scalars(bad_metrics), last_saved)
                 m = _scalars(metrics)
-                if not _finite(m):
-                    raise Diverged(done, m, last_saved)
             state, step = new_state, done
             if need_log:
                 if eval_fn is not None and (done % eval_every == 0 or done == num_steps):
@@ -211,17 +198,29 @@ def fit(
     return state, read_history(workdir)
 
 
-def multi_step(step_fn: Callable, n: int) -> Callable:
-    """``(state, (key, step0)) -> (state, metrics [n])``: n calls of ``step_fn`` in one ``lax.scan``,
-    step i drawing ``fold_in(key, step0 + i)`` exactly as n single calls would."""
+def multi_step(step_fn: Callable) -> Callable:
+    """``(state, (key, step0, n)) -> (state, (metrics, bad, bad_metrics))``: n calls of ``step_fn`` in one
+    ``lax.fori_loop`` whose trip count n is a runtime value, step i drawing ``fold_in(key, step0 + i)``
+    exactly as single calls would. One compiled body serves every n, so any chunking of the steps gives
+    the same bits. ``metrics`` are the last step's; ``bad`` the index of the first step with a
+    non-finite floating metric (−1: none) and ``bad_metrics`` that step's metrics."""
 
-    def run(state, key_and_step):
-        key, step0 = key_and_step
+    def run(state, args):
+        key, step0, n = args
+        zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype),
+                             jax.eval_shape(step_fn, state, fold_keys(key, step0))[1])
 
-        def body(st, i):
-            return step_fn(st, fold_keys(key, step0 + i))
+        def body(i, carry):
+            st, _, bad, bad_m = carry
+            st, m = step_fn(st, fold_keys(key, step0 + i))
+            finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(m)
+                                        if jnp.issubdtype(v.dtype, jnp.floating)] or [jnp.bool_(True)]))
+            first = (bad < 0) & ~finite
+            bad_m = jax.tree.map(lambda b, x: jnp.where(first, x, b), bad_m, m)
+            return st, m, jnp.where(first, i, bad), bad_m
 
-        return jax.lax.scan(body, state, jnp.arange(n, dtype=jnp.int32))
+        st, m, bad, bad_m = jax.lax.fori_loop(0, n, body, (state, zeros, jnp.int32(-1), zeros))
+        return st, (m, bad, bad_m)
 
     return run
 
@@ -233,21 +232,6 @@ def check_steps_per_call(k, *, log_every: int, ckpt_every: int, eval_every: int 
     for name, every in (("log_every", log_every), ("ckpt_every", ckpt_every), ("eval_every", eval_every)):
         if every is not None and every % k:
             raise ValueError(f"steps_per_call={k}: must divide {name}={every}; allowed a divisor of {every}")
-
-
-def _index(metrics: dict, i: int) -> dict:
-    return {k: v[i] for k, v in metrics.items()}
-
-
-def _first_nonfinite(metrics: dict):
-    """Index of the first step whose scalar metrics are not all finite, else None."""
-    ok = np.ones(len(next(iter(metrics.values()))), bool)
-    for v in jax.device_get(metrics).values():
-        v = np.asarray(v)
-        if v.ndim == 1:
-            ok &= np.isfinite(v)
-    bad = np.flatnonzero(~ok)
-    return int(bad[0]) if bad.size else None
 
 
 def _can_handle_signals() -> bool:
