@@ -18,7 +18,7 @@ Claims (every row, `setting_rows`): ‖A_LSA − A*‖/‖A*‖ and the nuisance
 exact L(A_LSA) within 1% of L*; the Monte Carlo loss and the paired excess over hᵀA*x_q within 4
 of the run's own standard errors; tr(A)/d within 2% of η*, or within half the gap to the step it
 must be told from (noisy: 1/(N+d+1); nonlinear: the linear-response step). Quick, seed 0
-(docs/mahankali.md): all 22 claims reproduced (largest: the anisotropic MC loss at 1.9 SE).
+(docs/mahankali.md): all 23 claims reproduced (largest: the anisotropic MC loss at 1.9 SE).
 """
 from __future__ import annotations
 
