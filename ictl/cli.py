@@ -216,7 +216,7 @@ def reproduce_names(*, only: str | None = None, all_: bool = False) -> list[str]
     if only:
         if all_:
             raise ConfigError("--all: not together with --only (--only names the experiments to run)")
-        wanted = only.split(",")
+        wanted = list(dict.fromkeys(only.split(",")))  # a name given twice runs once (one workdir, one lock)
         for n in wanted:
             if n not in experiment_names():
                 raise ConfigError(f"--only={n!r}: allowed experiment names: {', '.join(experiment_names())}")

@@ -10,6 +10,8 @@ and how every process agrees to stop on SIGTERM.
   reads the reduced vote one call later: every process reads the same number at the same step, so
   all of them checkpoint the same step and exit 143. The vote is read one call late so the host never
   waits on the step it has just dispatched (no stall of the training pipeline).
+- `barrier(name)`: every process waits for the others (key-value store barrier); `fit` meets there
+  after compiling a step, before its first collective.
 - `sigterm_watchdog()`: a thread woken by the C-level signal handler (`signal.set_wakeup_fd`), not by
   the Python one, so a process blocked in a collective or a checkpoint wait — where Python handlers
   do not run — still exits with 143 after ICTL_SIGTERM_GRACE seconds (default 60).
@@ -38,10 +40,15 @@ from ictl.config import ConfigError
 _SEQ = itertools.count()  # every process calls primary_decides in the same order: same key names
 
 
-def _client():
+def _state():
+    """jax.distributed's state (its key-value client, process id): private, the one place ictl reads it."""
     from jax._src import distributed
 
-    return distributed.global_state.client
+    return distributed.global_state
+
+
+def _client():
+    return _state().client
 
 
 def process_count() -> int:
@@ -51,9 +58,8 @@ def process_count() -> int:
 
 def is_primary() -> bool:
     """True on process 0 (and in every single-process run); reads no device."""
-    from jax._src import distributed
-
-    return distributed.global_state.client is None or distributed.global_state.process_id == 0
+    state = _state()
+    return state.client is None or state.process_id == 0
 
 
 def _timeout_ms() -> int:

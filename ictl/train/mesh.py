@@ -34,7 +34,10 @@ def maybe_initialize_distributed() -> bool:
         kwargs = dict(coordinator_address=addr,
                       num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
                       process_id=int(os.environ["JAX_PROCESS_ID"]))
-    jax.config.update("jax_enable_preemption_service", False)
+    try:
+        jax.config.update("jax_enable_preemption_service", False)
+    except AttributeError:  # a jax without the option installs no handler of its own
+        pass
     jax.distributed.initialize(**kwargs)
     return True
 
