@@ -67,7 +67,8 @@ def test_existing_workdir_is_not_overwritten(tmp_path, capsys):
     assert (wd / "keep.txt").read_text() == "precious" and sorted(os.listdir(wd)) == ["keep.txt"]
 
 
-HOLDER = "import sys, time; from ictl.workdir import Lock; Lock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)"
+HOLDER = ("import sys, time; from ictl.workdir import Lock; Lock(sys.argv[1]).acquire(); "
+          "print('held', flush=True); time.sleep(60)")
 
 
 def test_workdir_in_use_is_refused(tmp_path, capsys):
