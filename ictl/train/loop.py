@@ -9,7 +9,13 @@ be a stack of per-seed keys [S] for a `ictl.train.seeds.vmap_seeds` step; each i
   uninterrupted one does (the per-step key depends only on the step);
 - a non-finite loss raises `Diverged` naming the step, after the last good checkpoint is kept
   (the state is checked before every save, so a NaN state is never written);
-- SIGTERM: finishes the current step (or chunk), checkpoints, exits with status 143;
+- SIGTERM: finishes the current step (or chunk), checkpoints, exits with status 143; in a job of
+  N processes every process handles it and they agree (`ictl.multihost.StopVote`) on the one step
+  all of them checkpoint, so the signal may reach one process or all; a process blocked in a
+  collective or checkpoint wait exits 143 ICTL_SIGTERM_GRACE seconds (default 60) after the signal;
+- multi-process: checkpoints are written collectively into the one shared ``workdir/ckpt``;
+  metrics.jsonl, TensorBoard, sessions.jsonl and the progress bar by process 0 only; every process
+  returns the same history (earlier sessions' records from the file, this session's from memory);
 - ``steps_per_call=K`` runs K steps per dispatch inside one jitted loop (`multi_step`) with the same
   per-step keys ``fold_in(key, step)``; the loop's trip count is a runtime value, so one executable
   serves K-step calls, single calls and resumes alike: the parameters are bitwise those of K single
@@ -21,7 +27,6 @@ be a stack of per-seed keys [S] for a `ictl.train.seeds.vmap_seeds` step; each i
 from __future__ import annotations
 
 import json
-import math
 import os
 import pathlib
 import signal
@@ -33,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ictl.multihost import StopVote, barrier, is_primary, process_count, same_on_all, sigterm_watchdog
 from ictl.train import checkpoint
 from ictl.train.mesh import make_mesh, replicated
 from ictl.train.seeds import fold_keys
@@ -68,14 +74,30 @@ def read_history(workdir) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _truncate_history(path: pathlib.Path, last_step: int) -> None:
-    if path.exists():
-        keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
-        path.write_text("".join(line + "\n" for line in keep))
+def _history_upto(path: pathlib.Path, last_step: int) -> list[str]:
+    """The lines of records with step <= last_step (a half-written last line, being appended by
+    process 0 while another process reads, is skipped: its step is past last_step anyway)."""
+    if not path.exists():
+        return []
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if line.strip() and json.loads(line)["step"] <= last_step:
+                keep.append(line)
+        except ValueError:
+            continue
+    return keep
+
+
+def _truncate_history(path: pathlib.Path, keep: list[str]) -> None:
+    if path.exists():  # atomic: another process may be reading it
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        tmp.replace(path)
 
 
 def _progress(total: int, initial: int, desc: str):
-    if os.environ.get("ICTL_NO_PROGRESS") == "1" or jax.process_index() != 0:
+    if os.environ.get("ICTL_NO_PROGRESS") == "1" or not is_primary():
         return None
     from tqdm.auto import tqdm
 
@@ -113,15 +135,21 @@ def fit(
     workdir.mkdir(parents=True, exist_ok=True)
     mesh = mesh if mesh is not None else make_mesh()
     rep = replicated(mesh)
-    state = jax.device_put(state, rep, may_alias=False)  # the caller keeps its arrays (the step donates)
+    # the caller keeps its arrays (the step donates): device_put(may_alias=False) onto a mesh of more than
+    # one device still hands device 0 the caller's buffer (jax 0.10.2), so copy first
+    state = jax.device_put(jax.tree.map(lambda x: x.copy() if isinstance(x, jax.Array) else x, state), rep)
     mngr = checkpoint.manager(workdir / "ckpt", keep=keep)
     restored, ckpt_step = checkpoint.restore_latest(mngr, state, sharding=rep)
+    same_on_all(-1 if ckpt_step is None else ckpt_step, "restored checkpoint step")
     if restored is not None:
         state = restored
     start = int(np.asarray(jax.device_get(state.step)).reshape(-1)[0])  # a seed stack has one step per seed, all equal
     hist_path = workdir / "metrics.jsonl"
-    _truncate_history(hist_path, start)  # records past the checkpoint are redone exactly
-    main = jax.process_index() == 0
+    earlier = _history_upto(hist_path, start)  # records past the checkpoint are redone exactly
+    history = [json.loads(line) for line in earlier]
+    main, multi = is_primary(), process_count() > 1
+    if main:
+        _truncate_history(hist_path, earlier)
     tb = EventWriter(workdir / "tb") if main else None
     hist_f = open(hist_path, "a") if main else None
 
@@ -130,10 +158,14 @@ def fit(
     with jax.set_mesh(mesh):
         run_steps = jax.jit(multi_step(step_fn), in_shardings=(rep, rep), out_shardings=(rep, rep),
                             donate_argnums=0)
+        if multi:  # every process compiled before any enters the step's first collective
+            run_steps = run_steps.lower(state, (key, jnp.int32(start), jnp.int32(1))).compile()
+            barrier(f"{desc} step compiled")
 
     def log(step: int, record: dict) -> None:
+        history.append({"step": step, **record})
         if main:
-            hist_f.write(json.dumps({"step": step, **record}) + "\n")
+            hist_f.write(json.dumps(history[-1]) + "\n")
             hist_f.flush()
             tb.scalars(step, record)
 
@@ -141,9 +173,11 @@ def fit(
         return _scalars(eval_fn(state)) if eval_fn is not None else {}
 
     stop = {"sigterm": False}
-    old_handler = None
-    if jax.process_index() == 0 and _can_handle_signals():
+    vote = StopVote(mesh)  # one process or N: the same stop decision at the same step everywhere
+    handling = _can_handle_signals()
+    if handling:
         old_handler = signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("sigterm", True))
+        old_wakeup = signal.set_wakeup_fd(sigterm_watchdog())
     bar = _progress(num_steps, start, desc)
     last_saved = ckpt_step
     t_start = time.time()
@@ -156,8 +190,11 @@ def fit(
             with jax.set_mesh(mesh):
                 new_state, (metrics, bad, bad_metrics) = run_steps(state, (key, jnp.int32(step), jnp.int32(n)))
             done = step + n
+            stopping = vote.cast(stop["sigterm"])
+            if done == num_steps and not stopping:
+                stopping = vote.final(stop["sigterm"])
             need_log = done % log_every == 0 or done == num_steps
-            need_ckpt = done % ckpt_every == 0 or done == num_steps or stop["sigterm"]
+            need_ckpt = done % ckpt_every == 0 or done == num_steps or stopping
             if need_log or need_ckpt:
                 bad = int(bad)  # the first step of the call with a non-finite metric (−1: none) is named
                 if bad >= 0:
@@ -175,7 +212,7 @@ def fit(
             if need_ckpt:
                 checkpoint.save(mngr, done, state)
                 last_saved = done
-            if stop["sigterm"]:
+            if stopping:
                 mngr.wait_until_finished()
                 print(f"ictl: SIGTERM — checkpointed step {done} in {workdir}; `ictl resume` continues",
                       file=sys.stderr)
@@ -193,9 +230,10 @@ def fit(
         if main:
             hist_f.close()
             tb.close()
-        if old_handler is not None:
-            signal.signal(signal.SIGTERM, old_handler)
-    return state, read_history(workdir)
+        if handling:  # None: the old handler was not set from Python
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if old_handler is None else old_handler)
+            signal.set_wakeup_fd(old_wakeup)
+    return state, history
 
 
 def multi_step(step_fn: Callable) -> Callable:
