@@ -67,6 +67,14 @@ def _check(name: str, ok: bool, allowed: str, got) -> None:
         raise ValueError(f"{name}: must be {allowed}, got {got!r}")
 
 
+def _is_concrete(x) -> bool:
+    try:
+        float(x)
+        return True
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError, TypeError):
+        return False
+
+
 def dopri5_controller(rtol: float, atol: float, step_ts=None):
     """The adaptive step controller of ``solve_ode(method="dopri5")`` (optionally landing on step_ts)."""
     pid = diffrax.PIDController(rtol=rtol, atol=atol)
@@ -127,7 +135,7 @@ def solve_ode(
     """
     _check("method", method in ("dopri5", "rk4"), "'dopri5' or 'rk4'", method)
     _check("num_saves", isinstance(num_saves, int) and num_saves >= 2, "an int >= 2", num_saves)
-    concrete = not any(isinstance(t, jax.core.Tracer) for t in (t0, t1))
+    concrete = _is_concrete(t0) and _is_concrete(t1)
     if concrete:
         _check("t1", float(t1) > float(t0), f"> t0 = {t0}", t1)
     leaves = jax.tree.leaves(y0)
