@@ -46,7 +46,7 @@ from ictl.tasks.sine import sample_sine_prompts
 from ictl.tasks.uniform_linear import sample_uniform_linear_prompts
 from ictl.theory import gd_icl
 from ictl.train import TrainState, fit, make_train_step
-from models.lsa_stack import LSAStack, gd_construction_params
+from models.lsa_stack import LSAStack, gd_construction_params, interpolated_params, interpolation_losses
 from objectives.regression import half_mse
 
 REPRODUCE = True
@@ -230,7 +230,7 @@ def run(config, workdir: pathlib.Path) -> list[dict]:
         tf_fn = lambda xc, yc, xq: model.apply(params, xc, yc, xq)  # noqa: E731
         gd32 = lambda xc, yc, xq: gd_icl.gd_plus_plus_forward(xc, yc, xq, eta_K, 0 * eta_K)  # noqa: E731
         m = gd_icl.alignment_metrics(tf_fn, gd32, mt.x_ctx, mt.y_ctx, mt.x_q)
-        mid = half_mse(model.apply(gd_icl.interpolated_params(params, params_gd, 0.5), ev.x_ctx, ev.y_ctx, ev.x_q),
+        mid = half_mse(model.apply(interpolated_params(params, params_gd, 0.5), ev.x_ctx, ev.y_ctx, ev.x_q),
                        ev.y_q)
         return {"eval_loss": half_mse(model.apply(params, ev.x_ctx, ev.y_ctx, ev.x_q), ev.y_q), "interp_loss": mid, **m}
 
@@ -246,9 +246,9 @@ def run(config, workdir: pathlib.Path) -> list[dict]:
     final = gd_icl.compare_predictors(tf_fn, gd_fn, mt.x_ctx, mt.y_ctx, mt.x_q)
     tf_loss, diff, diff_se, _ = _paired_loss(apply, params_tf, ev, y_gd_ev)
     ts = np.linspace(0.0, 1.0, 11)
-    interp = gd_icl.interpolation_losses(eval_loss, params_tf, params_gd, ts)
+    interp = interpolation_losses(eval_loss, params_tf, params_gd, ts)
     # tolerances: the paired SE of (midpoint − GD) on the eval prompts, the SE of the line search's η̂
-    mid_se = _paired_loss(apply, gd_icl.interpolated_params(params_tf, params_gd, 0.5), ev, y_gd_ev)[2]
+    mid_se = _paired_loss(apply, interpolated_params(params_tf, params_gd, 0.5), ev, y_gd_ev)[2]
     eta_se = _eta_se(c, jax.tree.map(lambda a: a[: c.search_batch], ev), eta_star)
     lap("one_layer")
 

@@ -51,12 +51,13 @@ def test_unknown_task_is_one_line_config_error():
         garg_tasks.validate(c)
 
 
-def test_decision_tree_compares_greedy_and_boosted_trees(tmp_path):
+def test_decision_tree_compares_greedy_tree_and_xgboost(tmp_path):
     c = _tiny("decision_tree")
+    c.eval_prompts = 32  # XGBoost: 32 prompts × 5 prefixes × 100 trees
     rows = garg_tasks.run(c, tmp_path)
     names = [r["quantity"] for r in rows]
     assert len(rows) == len(garg_tasks.BASELINES["decision_tree"]) == 4
-    assert any("boosted trees" in n for n in names) and any("greedy tree" in n for n in names)
+    assert any("XGBoost" in n for n in names) and any("greedy tree" in n for n in names)
     assert all(np.isfinite(r["measured"]) and r["measured"] > 0 for r in rows)
     table = json.loads((tmp_path / "results.json").read_text())["table"]
-    assert "boosted trees" in table and "greedy tree" in table
+    assert "XGBoost" in table and "greedy tree" in table

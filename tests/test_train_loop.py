@@ -17,7 +17,7 @@ import pytest
 from ictl import lsa_training as lt
 from ictl.train import Diverged, TrainState, fit, make_train_step
 from ictl.train.loop import read_sessions
-from ictl.train.tensorboard import read_records
+from ictl.train.tensorboard import read_events
 
 D, N = 3, 8
 
@@ -104,8 +104,13 @@ def test_metrics_jsonl_and_tensorboard(tmp_path):
     assert [x["step"] for x in lines] == [5, 10, 15, 20] and lines == hist
     assert lines[-1]["loss"] < lines[0]["loss"]  # Adam on this tiny LSA lowers the loss in 20 steps
     (ev,) = list((tmp_path / "tb").glob("events.out.tfevents.*"))
-    records = read_records(ev)  # CRCs checked inside
-    assert len(records) == 1 + 4 and b"brain.Event:2" in records[0] and b"loss" in records[-1]
+    events = read_events(ev)  # tensorboardX's protobufs; CRCs checked inside
+    assert len(events) == 1 + 4 and events[0].file_version == "brain.Event:2"
+    logged = [(e.step, {v.tag: v.simple_value for v in e.summary.value}) for e in events[1:]]
+    assert [s for s, _ in logged] == [5, 10, 15, 20]
+    for (_, got), want in zip(logged, lines):  # every scalar of metrics.jsonl, to float32 precision
+        assert got.keys() == {k for k in want if k != "step"}
+        assert all(got[k] == pytest.approx(want[k], rel=1e-6) for k in got)
 
 
 SIGTERM_SCRIPT = textwrap.dedent("""
