@@ -16,6 +16,7 @@ is minimised by the exact posterior (the second term does not depend on the mode
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import pathlib
 import time
@@ -79,14 +80,15 @@ def sample_theta(key: jax.Array, prior: GMM) -> jax.Array:
 
 
 def sample_obs(key: jax.Array, theta_Bxd, obs_types, *, n_fixed: int | None = None):
-    """Per type: (y [B, n_max, m], mask [B, n_max]); n_fixed overrides the random count."""
+    """Per type: (y [B, n_max, m], mask [B, n_max]); n_fixed (<= every n_max) replaces the random count
+    (the arrays keep n_max columns, so every count shares one compiled model call)."""
     ys, masks = [], []
     B = theta_Bxd.shape[0]
     for t, ot in enumerate(obs_types):
         kn, ke = jax.random.split(jax.random.fold_in(key, t))
         H = jnp.asarray(ot.H, jnp.float32)
         cR = jnp.asarray(np.linalg.cholesky(np.asarray(ot.R, np.float64)), jnp.float32)
-        n_max = ot.n_max if n_fixed is None else n_fixed
+        n_max = ot.n_max
         shape = (B, n_max, H.shape[0])
         eps = (jax.random.t(ke, ot.df, shape) if ot.df > 0 else jax.random.normal(ke, shape)) @ cR.T
         ys.append((theta_Bxd @ H.T)[:, None, :] + eps)
@@ -94,6 +96,16 @@ def sample_obs(key: jax.Array, theta_Bxd, obs_types, *, n_fixed: int | None = No
                else jnp.full((B,), n_fixed))
         masks.append(jnp.arange(n_max)[None, :] < n_B[:, None])
     return ys, masks
+
+
+@functools.partial(jax.jit, static_argnames=("mp", "obs_types", "batch", "n_fixed"))
+def sample_batch(key: jax.Array, *, mp: MetaPrior, obs_types, batch: int, n_fixed: int | None = None):
+    """(prior, θ, ys, masks) for ``batch`` cases, jitted as one program (held-out sets)."""
+    kp, kt, ko = jax.random.split(key, 3)
+    prior = sample_prior(kp, mp, batch)
+    theta = sample_theta(kt, prior)
+    ys, masks = sample_obs(ko, theta, obs_types, n_fixed=n_fixed)
+    return prior, theta, ys, masks
 
 
 def nll_loss_fn(model: DistributionTransformer, mp: MetaPrior, obs_types, batch: int):
@@ -118,7 +130,8 @@ def train_dt(cfg: DTConfig, mp: MetaPrior, obs_types, config, workdir: pathlib.P
     model = DistributionTransformer(cfg)
     key = jax.random.key(config.seed)
     tx = config_optimizer(config)
-    state = TrainState.create(params=init_params(cfg, jax.random.fold_in(key, 0), K=mp.K), tx=tx)
+    params = jax.jit(functools.partial(init_params, cfg, K=mp.K))(jax.random.fold_in(key, 0))  # one compile
+    state = TrainState.create(params=params, tx=tx)
     t0 = time.time()
     state, history = fit(state, make_train_step(nll_loss_fn(model, mp, obs_types, config.batch), tx),
                          key=jax.random.fold_in(key, 1), num_steps=config.train_steps, workdir=workdir,

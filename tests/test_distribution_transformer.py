@@ -17,19 +17,21 @@ OBS = (dtt.ObsType(H=((1.0, 0.0), (0.0, 1.0)), R=((1.0, 0.2), (0.2, 0.5)), n_min
        dtt.ObsType(H=((1.0, 1.0),), R=((2.0,),), n_min=0, n_max=2))
 
 
+def _perturbed(params, key):
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(key, len(leaves))
+    return jax.tree.unflatten(tree, [p + 0.3 * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)])
+
+
 @pytest.fixture(scope="module")
 def setup():
-    """Random parameters everywhere (the read-out too, which starts at zero) and a batch of inputs."""
-    model = DistributionTransformer(CFG)
-    params = init_params(CFG, jax.random.key(0), K=3)
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(1), len(leaves))
-    params = jax.tree.unflatten(tree, [p + 0.3 * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)])
-    prior = dtt.sample_prior(jax.random.key(2), MP, 4)
-    theta = dtt.sample_theta(jax.random.key(3), prior)
-    ys, masks = dtt.sample_obs(jax.random.key(4), theta, OBS)
-    f = jax.jit(model.apply)
-    return f, params, prior, theta, ys, masks
+    """Random parameters everywhere (the read-out too, which starts at zero), a batch of inputs, the
+    jitted model (everything compiled once and shared)."""
+    init = jax.jit(lambda k: init_params(CFG, k, K=3))(jax.random.key(0))
+    params = jax.jit(_perturbed)(init, jax.random.key(1))
+    prior, theta, ys, masks = dtt.sample_batch(jax.random.key(2), mp=MP, obs_types=OBS, batch=4)
+    f = jax.jit(DistributionTransformer(CFG).apply)
+    return f, params, prior, theta, ys, masks, init
 
 
 def _close(a: GMM, b: GMM, atol=2e-5):
@@ -38,7 +40,7 @@ def _close(a: GMM, b: GMM, atol=2e-5):
 
 
 def test_equivariant_over_components(setup):
-    f, params, prior, _, ys, masks = setup
+    f, params, prior, _, ys, masks, _ = setup
     out = f(params, prior, ys, masks)
     perm = np.array([2, 0, 1])
     out_p = f(params, GMM(prior.logits_BxK[:, perm], prior.means_BxKxd[:, perm], prior.chol_BxKxdxd[:, perm]), ys, masks)
@@ -47,7 +49,7 @@ def test_equivariant_over_components(setup):
 
 
 def test_invariant_over_observations_and_padding(setup):
-    f, params, prior, _, ys, masks = setup
+    f, params, prior, _, ys, masks, _ = setup
     out = f(params, prior, ys, masks)
     rng = np.random.default_rng(0)
     ys_p, masks_p = [], []
@@ -65,7 +67,7 @@ def test_invariant_over_observations_and_padding(setup):
 
 
 def test_output_is_a_valid_gmm_for_extreme_inputs(setup):
-    f, params, prior, _, ys, masks = setup
+    f, params, prior, _, ys, masks, _ = setup
     wild = GMM(jnp.array([[0.0, -30.0, 5.0]] * 4), 50 * prior.means_BxKxd, prior.chol_BxKxdxd * jnp.array([1e-3, 1.0, 1e2])[None, :, None, None])
     for p in (prior, wild):
         out = f(params, p, [100 * y for y in ys], masks)
@@ -78,12 +80,12 @@ def test_output_is_a_valid_gmm_for_extreme_inputs(setup):
         assert all(np.all(np.isfinite(np.asarray(a))) for a in again)
 
 
-def test_untrained_model_returns_the_prior():
-    params = init_params(CFG, jax.random.key(5), K=3)
-    prior = dtt.sample_prior(jax.random.key(6), MP, 3)
-    ys, masks = dtt.sample_obs(jax.random.key(7), dtt.sample_theta(jax.random.key(8), prior), OBS)
-    _close(DistributionTransformer(CFG).apply(params, prior, ys, masks), prior, atol=1e-5)
-    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(params))
+def test_untrained_model_returns_the_prior(setup):
+    f, _, prior, _, ys, masks, init = setup
+    _close(f(init, prior, ys, masks), prior, atol=1e-5)
+    with jax.enable_x64(True):
+        shapes = jax.eval_shape(lambda k: init_params(CFG, k, K=1), jax.random.key(5))
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(shapes))  # x64 does not change param dtypes
 
 
 def test_log_prob_matches_the_float64_theory():
@@ -97,9 +99,8 @@ def test_log_prob_matches_the_float64_theory():
                                np.linalg.solve(L, np.ones((3, 2, 1)))[..., 0], rtol=1e-6)
 
 
-def test_wrong_number_of_observation_types():
-    params = init_params(CFG, jax.random.key(0), K=3)
-    prior = dtt.sample_prior(jax.random.key(1), MP, 1)
+def test_wrong_number_of_observation_types(setup):
+    _, params, prior, *_ = setup
     with pytest.raises(ValueError, match="^obs: allowed 2 observation types"):
         DistributionTransformer(CFG).apply(params, prior, [jnp.zeros((1, 1, 2))])
 
@@ -107,14 +108,12 @@ def test_wrong_number_of_observation_types():
 def test_meta_prior_samplers():
     """Dir(1): E π_k = 1/K (SE √((K−1)/(K²(K+1)B))); counts in [n_min, n_max]; y − Hθ has covariance R."""
     B = 20_000
-    prior = dtt.sample_prior(jax.random.key(0), MP, B)
+    prior, theta, ys, masks = dtt.sample_batch(jax.random.key(0), mp=MP, obs_types=OBS, batch=B)
     w = np.exp(np.asarray(prior.logits_BxK))
     np.testing.assert_allclose(w.sum(-1), 1, atol=1e-5)
     np.testing.assert_allclose(w.mean(0), 1 / 3, atol=5 * np.sqrt(2 / (9 * 4 * B)))
     diag = np.diagonal(np.asarray(prior.chol_BxKxdxd), axis1=-2, axis2=-1)
     assert diag.min() >= MP.std_lo * (1 - 1e-6) and diag.max() <= MP.std_hi * (1 + 1e-6)
-    theta = dtt.sample_theta(jax.random.key(1), prior)
-    ys, masks = dtt.sample_obs(jax.random.key(2), theta, OBS)
     n = np.asarray(masks[1]).sum(-1)
     assert set(np.unique(n)) == {0, 1, 2} and np.asarray(masks[0]).sum(-1).min() == 1
     eps = np.asarray(ys[0][:, 0]) - np.asarray(theta)
@@ -123,15 +122,13 @@ def test_meta_prior_samplers():
 
 def test_exact_posterior_chains_the_observation_types():
     """Type 1 then type 2 equals one update with the stacked H = [H₁; H₂], R = blockdiag(R₁, R₂) (n = 1 each)."""
-    prior = dtt.sample_prior(jax.random.key(0), MP, 5)
-    theta = dtt.sample_theta(jax.random.key(1), prior)
-    ys, masks = dtt.sample_obs(jax.random.key(2), theta, OBS, n_fixed=1)
+    prior, _, ys, masks = dtt.sample_batch(jax.random.key(0), mp=MP, obs_types=OBS, batch=5, n_fixed=1)
     pm = [np.asarray(a, np.float64) for a in gmm_to_moments(prior)]
     w, mu, cov, le = dtt.exact_posterior(pm, ys, masks, OBS)
     H = np.vstack([np.array(o.H) for o in OBS])
     R = np.zeros((3, 3))
     R[:2, :2], R[2:, 2:] = OBS[0].R, OBS[1].R
-    y = np.concatenate([np.asarray(ys[0], np.float64), np.asarray(ys[1], np.float64)], -1)
+    y = np.concatenate([np.asarray(ys[0][:, :1], np.float64), np.asarray(ys[1][:, :1], np.float64)], -1)
     for a, b in zip((w, mu, cov, le), gp.gmm_posterior(*pm, y, H=H, R=R)):
         np.testing.assert_allclose(a, b, atol=1e-10)
 
