@@ -28,8 +28,7 @@ import numpy as np
 from ictl.config import check
 from ictl.theory import gmm_posterior as gp
 from ictl.train import TrainState, config_optimizer, fit, make_train_step, shard_batch
-from models.distribution_transformer import (GMM, DistributionTransformer, DTConfig, gmm_log_prob, gmm_to_moments,
-                                             init_params)
+from models.distribution_transformer import GMM, DistributionTransformer, DTConfig, gmm_log_prob, init_params
 
 
 OFF_DIAG = 0.5  # sd of a below-diagonal Cholesky entry relative to its row's diagonal
@@ -140,16 +139,18 @@ def train_dt(cfg: DTConfig, mp: MetaPrior, obs_types, config, workdir: pathlib.P
 
 
 def exact_posterior(prior_moments, ys, masks, obs_types):
-    """Float64 exact posterior (weights, means, covs) of a batch of priors; masked observations are
-    dropped, so every row of a batch must use the same count per type (group rows by n first)."""
+    """Float64 exact posterior (weights, means, covs, log evidence) of a batch of priors; masked
+    observations are dropped, so every row of a batch must use the same count per type, valid ones
+    first (as `sample_obs` makes them)."""
     w, mu, cov = (np.asarray(a, np.float64) for a in prior_moments)
     log_ev = np.zeros(w.shape[0])
     for y, mask, ot in zip(ys, masks, obs_types):
         if ot.df > 0:
             raise ValueError(f"obs_types: allowed Gaussian noise (df = 0) for the exact posterior; got df={ot.df}")
-        n = np.asarray(mask).sum(-1)
-        if not np.all(n == n[0]):
-            raise ValueError("masks: allowed one observation count per type across the batch")
+        mask = np.asarray(mask)
+        n = mask.sum(-1)
+        if not np.all(n == n[0]) or not np.all(mask[:, :int(n[0])]):
+            raise ValueError("masks: allowed one observation count per type across the batch, valid ones first")
         w, mu, cov, le = gp.gmm_posterior(w, mu, cov, np.asarray(y, np.float64)[:, :int(n[0])],
                                           H=np.asarray(ot.H), R=np.asarray(ot.R))
         log_ev = log_ev + le
@@ -168,8 +169,10 @@ def check_gmm_config(config, weights_key: str, means_key: str, vars_key: str) ->
 
 
 def to_moments64(gmm: GMM):
-    """GMM tokens → float64 NumPy (weights, means, covs) for the theory functions."""
-    return tuple(np.asarray(a, np.float64) for a in gmm_to_moments(gmm))
+    """GMM tokens → float64 NumPy (weights, means, covs = LLᵀ formed in float64) for the theory functions."""
+    logits, means, L = (np.asarray(a, np.float64) for a in gmm)
+    w = np.exp(logits - logits.max(-1, keepdims=True))
+    return w / w.sum(-1, keepdims=True), means, L @ np.swapaxes(L, -1, -2)
 
 
 def evaluate(apply, params, prior: GMM, theta, ys, masks, obs_types, *, key: jax.Array, kl_samples: int) -> dict:
