@@ -22,6 +22,8 @@ BENCHES = [  # (module, arguments, fragment)
     ("bench.bench_moba", ["--out", str(DOCS / "benchmarks_kernels_sparse.md")], "benchmarks_kernels_sparse.md"),
     ("bench.bench_gpt", ["--quick"], "benchmarks_gpt.md"),
 ]
+# written by other commands, collected when present: `make bench-peer` (ictl vs the PyTorch original)
+OTHER_FRAGMENTS = ["benchmarks_peer.md"]
 HEADER = """# Benchmarks
 
 Every number below was produced by the benchmark named in its section, on the machine named in
@@ -34,7 +36,7 @@ sections say when other work was running.
 
 def collect() -> pathlib.Path:
     parts = [HEADER]
-    for _, _, frag in BENCHES:
+    for frag in [f for _, _, f in BENCHES] + OTHER_FRAGMENTS:
         path = DOCS / frag
         if path.exists():
             parts.append(path.read_text().rstrip() + "\n\n")

@@ -35,6 +35,9 @@ from ictl.theory import gmm_posterior as gp
 from models.distribution_transformer import GMM, DTConfig
 
 REPRODUCE = True
+# the paper's claim is "orders of magnitude faster than MCMC"; at least 10× is its weakest reading, and
+# wall-clock ratios within one run survive a loaded machine far better than absolute times
+_FASTER = "paper: orders of magnitude faster than MCMC; 10× is the weakest reading (a ratio within one run)"
 TITLE = "Distribution Transformer: time per posterior vs the exact update and NUTS (Student-t likelihood)"
 
 
@@ -211,10 +214,12 @@ def run(config, workdir: pathlib.Path) -> list[dict]:
             note=f"expected = the exact float64 GMM update per posterior at batch {N} (Gaussian likelihood)"),
         row("DT forward per posterior, batch 1 (s)", timings["exact_1"], timings["dt_1"], "baseline",
             note="expected = the exact update at batch 1 (numpy checks + one jitted call)"),
-        row("NUTS time per posterior / DT's at batch 1", 1.0, timings["nuts"] / timings["dt_1"], "baseline",
+        row("NUTS time per posterior / DT's at batch 1", 10.0, timings["nuts"] / timings["dt_1"], "paper",
+            tol=0.0, claim="at_least", why=_FASTER,
             note=f"NUTS {timings['nuts']:.3g} s ({config.nuts_warmup} adaptation + {config.nuts_draws} draws; "
                  f"compile {nuts_compile:.1f} s excluded), DT {timings['dt_1']:.3g} s"),
-        row(f"NUTS time per posterior / DT's at batch {N}", 1.0, timings["nuts"] / timings[f"dt_{N}"], "baseline"),
+        row(f"NUTS time per posterior / DT's at batch {N}", 10.0, timings["nuts"] / timings[f"dt_{N}"], "paper",
+            tol=0.0, claim="at_least", why=_FASTER),
         row(f"Student-t: NLL of true θ under DT q minus under the grid posterior (n = {config.n_eval})", 0.0, gap,
             "theory", note=f"± {gap_se:.2g} (1 SE, {N} held-out priors); KL(p_grid‖q) = {np.mean(kl_grid_q):.4f}"),
         row("Student-t: |posterior mean error| / posterior sd, DT (mean over the NUTS cases)", 0.0,

@@ -7,7 +7,7 @@ import pytest
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 jax.config.update("jax_numpy_rank_promotion", "raise")
-jax.config.update("jax_compilation_cache_dir", str(_ROOT / ".cache" / "jax"))
+jax.config.update("jax_compilation_cache_dir", os.environ.get("ICTL_TEST_CACHE_DIR", str(_ROOT / ".cache" / "jax")))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 os.environ.setdefault("ICTL_NO_PROGRESS", "1")  # no progress bars in test logs
 
@@ -19,7 +19,8 @@ _COMPILE_S: dict[str, float] = {}
 _CPU_S: dict[str, float] = {}
 _RSS_JUMP: dict[str, float] = {}  # GB the process's peak RSS grew during the test
 _CURRENT = {"test": None}
-if os.environ.get("ICTL_TEST_COMPILE_REPORT") == "1":
+_REPORT = os.environ.get("ICTL_TEST_COMPILE_REPORT", "")  # "1", or a folder for one JSON file per process
+if _REPORT:
     import jax.monitoring
 
     def _on_duration(name, secs, **_):
@@ -54,8 +55,20 @@ def pytest_runtest_protocol(item, nextitem):
         _CURRENT["test"] = None
 
 
+def pytest_sessionfinish(session):
+    """With a folder in ICTL_TEST_COMPILE_REPORT (and pytest-xdist), each process writes its numbers there."""
+    if _REPORT and _REPORT != "1":
+        import json
+
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        out = pathlib.Path(_REPORT)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{worker}.json").write_text(json.dumps(
+            {"cpu_s": _CPU_S, "compile_s": _COMPILE_S, "rss_jump_gb": _RSS_JUMP, "peak_rss_gb": _peak_rss_gb()}))
+
+
 def pytest_terminal_summary(terminalreporter):
-    if _COMPILE_S:
+    if _COMPILE_S and _REPORT == "1":
         tr = terminalreporter
         tr.section(f"CPU seconds {sum(_CPU_S.values()):.1f} in all, of which compiling "
                    f"(trace + lower + XLA, wall) {sum(_COMPILE_S.values()):.1f}")
