@@ -1,0 +1,153 @@
+"""Lin, Bai & Mei (ICLR 2024): the pretrained transformer degrades as the offline data's distribution
+drifts from the expert's. Bernoulli bandit (5 arms, μ ~ U[0, 1]^5), expert = Beta-Bernoulli
+Thompson sampling (labels: a fresh TS draw on each history), offline data = TS mixed per step
+with uniform play at rates 0 (Thompson data), 0.5 (50/50) and 0.9 (90/10 uniform/TS).
+
+Distribution ratio: for each offline mixture the per-trajectory KL(P_TS ‖ P_data) =
+E_{τ ~ TS} Σ_t Σ_a π(a|h_t) log[π(a|h_t) / (s/A + (1 − s) π(a|h_t))], π = TS's action
+probabilities (estimated from ``ratio_draws`` Beta draws per step), s = the uniform share. It is 0
+for Thompson data and grows with s; the figure plots the transformers' final regret against it.
+
+Command: `ictl run icrl_distribution_ratio`. Quick tier: T = 50, GPT 3 layers / 2 heads / width
+32, 800 Adam steps of 32 fresh trajectories per transformer (three), 512 evaluation instances.
+Runtime: see docs/icrl.md (≈ 6 min on 2 loaded cores), hence REPRODUCE = False. Paper tier
+(`--config.scale=paper`, accelerator): T = 200, 8 layers, width 32, ReLU attention, 100k
+trajectories. Expected (paper, and the issue's quick target): final regret ordered Thompson
+data < 50/50 < 90/10.
+"""
+from __future__ import annotations
+
+import functools
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from ictl.bandits import algorithms as alg
+from ictl.bandits import envs as benvs
+from ictl.bandits import icrl, pretrain, rollout as ro
+from ictl.config import SCALES, ConfigError, check
+from ictl.results import new_figure, row, save_figure, write_results
+
+REPRODUCE = False
+TITLE = "Lin/Bai/Mei ICRL: TS-imitating transformers on Bernoulli bandits, final regret vs the offline data's distribution ratio"
+LEFT_OUT = "three transformer trainings on Beta-TS data: several minutes on 2 CPU cores, over `make run`'s budget"
+
+
+def get_config(scale: str = "quick") -> ml_collections.ConfigDict:
+    if scale not in SCALES:
+        raise ConfigError(f"scale={scale!r}: allowed {SCALES}")
+    c = ml_collections.ConfigDict()
+    c.scale, c.seed = scale, 0
+    c.env, c.horizon, c.n_actions, c.d, c.noise_std = "bernoulli", 50, 5, 5, 0.0
+    icrl.add_model_keys(c)
+    c.train_steps = 800
+    c.expert = "beta_ts"
+    c.uniform_shares = (0.0, 0.5, 0.9)
+    c.eval_envs = 512
+    c.ratio_envs, c.ratio_draws = 128, 256
+    c.baselines = ("beta_ts", "ucb", "greedy", "uniform")
+    if scale == "paper":
+        c.horizon, c.n_layers, c.n_heads, c.width, c.attention = 200, 8, 4, 32, "relu"
+        c.batch, c.train_steps, c.warmup, c.n_trajectories, c.eval_envs = 64, 40_000, 1000, 100_000, 2000
+        c.log_every, c.ckpt_every = 500, 5000
+    return c
+
+
+def validate(config) -> None:
+    check(config.scale in SCALES, "scale", config.scale, str(SCALES))
+    check(config.env == "bernoulli", "env", config.env, "'bernoulli' (this experiment's environment)")
+    icrl.validate_common(config, algorithm_keys=("expert", "baselines"))
+    shares = config.uniform_shares
+    check(len(shares) >= 2 and all(0 <= s < 1 for s in shares) and list(shares) == sorted(set(shares)),
+          "uniform_shares", shares, "at least two increasing numbers in [0, 1)")
+    check(isinstance(config.ratio_envs, int) and config.ratio_envs >= 2, "ratio_envs", config.ratio_envs,
+          "an integer >= 2")
+    check(isinstance(config.ratio_draws, int) and config.ratio_draws >= 1, "ratio_draws", config.ratio_draws,
+          "an integer >= 1")
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "expert", "share", "draws", "hp"))
+def trajectory_kl(spec, envs, key, *, expert: str, share: float, draws: int, hp) -> jax.Array:
+    """Per-instance KL(P_expert ‖ P_mix) over the horizon, on expert trajectories [B]."""
+    tr = ro.trajectories(spec, envs, key, offline=expert, hp=hp)
+    A = spec.n_actions
+
+    def one(env, a_T, r_T, k):
+        def step(st, t):
+            keys = jax.random.split(jax.random.fold_in(k, t), draws)
+            acts = jax.vmap(lambda kk: alg.act(expert, st, env.feats, kk, hp))(keys)
+            p_A = jnp.mean(jax.nn.one_hot(acts, A), axis=0)
+            q_A = share / A + (1 - share) * p_A
+            kl = jnp.sum(jnp.where(p_A > 0, p_A * jnp.log(jnp.where(p_A > 0, p_A, 1.0) / q_A), 0.0))
+            return alg.observe(st, env.feats, a_T[t], r_T[t]), kl
+
+        _, kl_T = jax.lax.scan(step, alg.init_stats(spec), jnp.arange(spec.horizon))
+        return jnp.sum(kl_T)
+
+    keys = jax.vmap(lambda b: jax.random.fold_in(jax.random.fold_in(key, 1), b))(jnp.arange(envs.feats.shape[0]))
+    return jax.vmap(one)(envs, tr.actions, tr.rewards, keys)
+
+
+def run(config, workdir: pathlib.Path) -> list[dict]:
+    validate(config)
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    spec = icrl.env_spec(config)
+    hp = alg.params_for(spec)
+    key = jax.random.key(config.seed)
+    envs = benvs.sample_bandits(jax.random.fold_in(key, 1000), spec, config.eval_envs)
+    ratio_envs = benvs.sample_bandits(jax.random.fold_in(key, 1001), spec, config.ratio_envs)
+    names = {s: "Thompson data" if s == 0 else f"{round(100 * s)}/{round(100 * (1 - s))} uniform/TS"
+             for s in config.uniform_shares}
+    curves, kls, extra = {}, {}, {}
+    for i, s in enumerate(config.uniform_shares):
+        data = pretrain.DataSpec(config.expert, config.expert, uniform_share=float(s), hp=hp,
+                                 n_trajectories=config.n_trajectories)
+        pc, params, hist, secs = icrl.train(config, spec, data, workdir / f"train_{i}", seed=config.seed + i,
+                                           desc=names[s])
+        curves[names[s]] = icrl.transformer_curve(pc, params, spec, envs, jax.random.fold_in(key, 2000 + i))
+        kl_B = np.asarray(trajectory_kl(spec, ratio_envs, jax.random.fold_in(key, 4000), expert=config.expert,
+                                        share=float(s), draws=config.ratio_draws, hp=hp), np.float64)
+        kls[names[s]] = (float(kl_B.mean()), float(kl_B.std(ddof=1) / np.sqrt(kl_B.size)))
+        extra[names[s]] = {"train_seconds": secs, "last_ce": icrl.last(hist, "loss"), "last_acc": icrl.last(hist, "acc"),
+                           "kl": kls[names[s]]}
+    base = ro.algorithm_curves(spec, envs, jax.random.fold_in(key, 3000), config.baselines, hp)
+    T = spec.horizon
+
+    fig, axes = new_figure(2, width=4.8, height=3.6)
+    ro.plot_regret(axes[0, 0], {f"TF ({k})": v for k, v in curves.items()} | base,
+                   title=f"Bernoulli bandit, A={spec.n_actions}, expert {config.expert}",
+                   styles={b: {"ls": "--"} for b in base})
+    ax = axes[0, 1]
+    x = [kls[n][0] for n in curves]
+    y = [c.mean[-1] for c in curves.values()]
+    ax.errorbar(x, y, yerr=[1.96 * c.sem[-1] for c in curves.values()], xerr=[1.96 * kls[n][1] for n in curves],
+                fmt="o-", capsize=3, label="transformer (95% CI)")
+    for n, xi, yi in zip(curves, x, y):
+        ax.annotate(n, (xi, yi), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.axhline(base[config.expert].mean[-1], color="k", ls="--", lw=1, label=f"{config.expert} (expert)")
+    ax.set_xlabel("KL(P_TS ‖ P_data) per trajectory (nats)")
+    ax.set_ylabel(f"cumulative regret at T={T}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    save_figure(fig, workdir, "icrl_distribution_ratio")
+
+    rows = []
+    order = list(curves)
+    for lo, hi in zip(order[:-1], order[1:]):
+        a, b = curves[lo], curves[hi]
+        se = float(np.hypot(a.sem[-1], b.sem[-1]))
+        rows.append(row(f"regret at T={T}: TF({hi}) − TF({lo})", 0.0, b.mean[-1] - a.mean[-1], "paper", tol=0.0,
+                        claim="at_least", why=f"the paper's ordering (difference > 0); SE of the difference {se:.2g}",
+                        note=f"{lo}: {a.mean[-1]:.3g}, {hi}: {b.mean[-1]:.3g}"))
+    for n in order:
+        rows.append(row(f"TF({n}) regret at T={T} vs {config.expert}", base[config.expert].mean[-1],
+                        curves[n].mean[-1], "baseline",
+                        note=f"KL(P_TS‖P_data) = {kls[n][0]:.3g} ± {kls[n][1]:.2g} nats; TF SE {curves[n].sem[-1]:.2g}"))
+    write_results(workdir, rows, horizon=T, train=extra,
+                  final={k: {"mean": float(v.mean[-1]), "sem": float(v.sem[-1])} for k, v in (curves | base).items()},
+                  curves={k: v.mean.tolist() for k, v in (curves | base).items()})
+    return rows
