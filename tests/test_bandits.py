@@ -22,7 +22,7 @@ def _normal(key, n):
 
 
 _uniform = jax.jit(lambda key: jax.random.uniform(key, dtype=jnp.float64))
-_beta = jax.jit(lambda key, a, b: jax.random.beta(key, a, b, dtype=jnp.float64))
+_beta = jax.jit(alg.beta_sample)  # its distribution is tested against scipy below
 _uniform2 = jax.jit(lambda key: jax.random.uniform(key, (2,), jnp.float64))
 _split2 = jax.jit(lambda key: tuple(jax.random.split(key)))
 _fold = jax.jit(jax.random.fold_in)
@@ -123,6 +123,19 @@ def test_algorithms_match_a_plain_numpy_loop(env_name, offline, share, expert):
             np.testing.assert_allclose(reg[b], rg, rtol=0, atol=1e-12)
         # the run is not degenerate: several distinct actions, some exploited
         assert len(np.unique(np.asarray(tr.actions))) >= 2
+
+
+def test_beta_sampler_matches_scipy():
+    from scipy import stats
+
+    n = 40_000
+    a = jnp.repeat(jnp.array([1.0, 1.0, 3.0, 40.0]), n)
+    b = jnp.repeat(jnp.array([1.0, 7.0, 2.0, 160.0]), n)
+    x = np.asarray(jax.jit(alg.beta_sample)(jax.random.key(0), a, b)).reshape(4, n)
+    for i, (ai, bi) in enumerate([(1, 1), (1, 7), (3, 2), (40, 160)]):
+        ks = stats.kstest(x[i], stats.beta(ai, bi).cdf)
+        assert ks.statistic < 1.63 / np.sqrt(n)  # the KS 1% critical value
+    assert np.all((x > 0) & (x < 1))
 
 
 def test_env_samplers_and_bad_specs():
