@@ -16,16 +16,26 @@ bind them with `functools.partial`. With k = |mask| and X the masked rows:
     averaging      ŵ = (1/k) Σ y_i x_i
     greedy_tree    depth-limited greedy regression tree with splits x_c > 0 (the tree prior's
                    thresholds); each split maximises the SSE reduction; leaf = mean of y
-    boosted_trees  XGBoost-style boosting of such trees on the residuals (squared loss):
-                   F ← F + η·tree, leaf = Σ residual/(n + λ), split score Σ S²/(n + λ)
+
+These are written in JAX because they run jitted and vmapped over all prompts and prefixes at
+once (1280 × 41 fits in one call), which scikit-learn's one-fit-at-a-time estimators do not;
+tests/test_baselines.py holds least squares, ridge, Lasso and k-NN to scikit-learn's answers.
+
+`xgboost` is XGBoost itself (the library, on the host, not jitted) with the settings of Garg et
+al.'s `xgb.XGBRegressor()` (see `GARG_XGBOOST`); it is a `HostBaseline`, which
+`prefix_predictions` runs on NumPy arrays over the whole batch instead of vmapping.
 """
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, Int
 
 Baseline = Callable[..., Float[Array, ""]]
@@ -101,33 +111,24 @@ def _grow_tree(
     mask_N: Float[Array, "N"],
     *,
     depth: int,
-    reg_lambda: float,
-    min_child_weight: float,
-) -> tuple[Float[Array, "N"], Float[Array, ""]]:
+) -> Float[Array, ""]:
     """One greedy regression tree on sign features, fitted to the targets g of the masked rows.
 
     b_Nxd / bi_Nxd: 1[x_c > 0] as g's dtype / int32; bq_d: the query's bits (int32). Level by
-    level, each node takes the admissible split (both children with count ≥ min_child_weight)
-    that maximises S_L²/(n_L + λ) + S_R²/(n_R + λ), i.e. the regularised loss reduction; scores
-    within a relative √ε of the best are ties, won by the lowest coordinate (so float rounding
-    never picks between mathematically equal splits: with y on the tree prior's 16 leaf values,
-    small nodes tie often). A node with no admissible split stops growing. A node's value is
-    S/(n + λ); a point keeps the value of its deepest growing, non-empty node. Returns (value at
-    each of the N rows, value at the query). Denominators are max(n + λ, 1): n + λ ≥ 1 whenever
-    n ≥ 1, and n = 0 ⇒ S = 0.
+    level, each node takes the split that maximises S_L²/n_L + S_R²/n_R (sums S and counts n of g
+    in the children), i.e. minimises the children's SSE; scores within a relative √ε of the best
+    are ties, won by the lowest coordinate (so float rounding never picks between mathematically
+    equal splits: with y on the tree prior's 16 leaf values, small nodes tie often). A node's
+    value is S/n; the query keeps the value of its deepest non-empty node. Denominators are
+    max(n, 1) (n = 0 ⇒ S = 0). Returns the value at the query.
     """
     N, _ = b_Nxd.shape
-    lam = reg_lambda
     rtol = float(jnp.finfo(g_N.dtype).eps) ** 0.5
     node_N = jnp.zeros(N, jnp.int32)        # node index within the current level
     node_q = jnp.zeros((), jnp.int32)
-    live_N = jnp.ones(N, bool)              # still descending (every node above split)
-    live_q = jnp.ones((), bool)
     # mask_N @ g_N, not jnp.sum(mask_N * g_N): on XLA CPU (jaxlib 0.10.2) sum(m·y)/max(sum(m), 1)
     # double-vmapped over ≥ 32768 (prompt, k) pairs returned wrong values past that index.
-    root = (mask_N @ g_N) / jnp.maximum(jnp.sum(mask_N) + lam, 1.0)
-    val_N = jnp.broadcast_to(root, (N,))
-    val_q = root
+    val_q = (mask_N @ g_N) / jnp.maximum(jnp.sum(mask_N), 1.0)
     for level in range(depth):
         M = 2**level
         oh_NxM = jax.nn.one_hot(node_N, M, dtype=g_N.dtype) * mask_N[:, None]
@@ -135,25 +136,20 @@ def _grow_tree(
         n1_Mxd = oh_NxM.T @ b_Nxd
         s_M, n_M = oh_NxM.T @ g_N, jnp.sum(oh_NxM, axis=0)
         s0_Mxd, n0_Mxd = s_M[:, None] - s1_Mxd, n_M[:, None] - n1_Mxd
-        score_Mxd = s1_Mxd**2 / jnp.maximum(n1_Mxd + lam, 1.0) + s0_Mxd**2 / jnp.maximum(n0_Mxd + lam, 1.0)
-        ok_Mxd = (n1_Mxd >= min_child_weight) & (n0_Mxd >= min_child_weight)
-        best_M = jnp.max(jnp.where(ok_Mxd, score_Mxd, -jnp.inf), axis=1)
-        tie_Mxd = ok_Mxd & (score_Mxd >= best_M[:, None] * (1 - rtol))   # scores are ≥ 0
-        c_M = jnp.argmax(tie_Mxd, axis=1)       # the lowest coordinate among (near-)ties
-        split_M = jnp.any(ok_Mxd, axis=1)
+        score_Mxd = s1_Mxd**2 / jnp.maximum(n1_Mxd, 1.0) + s0_Mxd**2 / jnp.maximum(n0_Mxd, 1.0)
+        best_M = jnp.max(score_Mxd, axis=1)
+        c_M = jnp.argmax(score_Mxd >= best_M[:, None] * (1 - rtol), axis=1)   # lowest (near-)tie; scores ≥ 0
 
-        def descend(node, bits_d, live, val):
-            c = c_M[node]
-            side = bits_d[c]
-            s_child = jnp.where(side == 1, s1_Mxd[node, c], s0_Mxd[node, c])
-            n_child = jnp.where(side == 1, n1_Mxd[node, c], n0_Mxd[node, c])
-            live = live & split_M[node]
-            val = jnp.where(live & (n_child > 0), s_child / jnp.maximum(n_child + lam, 1.0), val)
-            return 2 * node + side, live, val
+        def descend(node, bits_d):
+            return 2 * node + bits_d[c_M[node]]
 
-        node_N, live_N, val_N = jax.vmap(descend)(node_N, bi_Nxd, live_N, val_N)
-        node_q, live_q, val_q = descend(node_q, bq_d, live_q, val_q)
-    return val_N, val_q
+        node_N = jax.vmap(descend)(node_N, bi_Nxd)
+        side = bq_d[c_M[node_q]]
+        s_child = jnp.where(side == 1, s1_Mxd[node_q, c_M[node_q]], s0_Mxd[node_q, c_M[node_q]])
+        n_child = jnp.where(side == 1, n1_Mxd[node_q, c_M[node_q]], n0_Mxd[node_q, c_M[node_q]])
+        val_q = jnp.where(n_child > 0, s_child / jnp.maximum(n_child, 1.0), val_q)
+        node_q = 2 * node_q + side
+    return val_q
 
 
 def greedy_tree(x_Nxd, y_N, mask_N, xq_d, *, depth: int = 4) -> Float[Array, ""]:
@@ -162,82 +158,9 @@ def greedy_tree(x_Nxd, y_N, mask_N, xq_d, *, depth: int = 4) -> Float[Array, ""]
     Level by level, every node splits on the coordinate that maximises S_L²/n_L + S_R²/n_R
     (sums S and counts n of y in the children), i.e. minimises the children's SSE. The
     prediction is the mean of y in the query's deepest non-empty node (0 when k = 0).
-    (`_grow_tree` with λ = 0 and min_child_weight = 0: every split is admissible.)
     """
-    b_Nxd = (x_Nxd > 0).astype(y_N.dtype)
-    _, pred = _grow_tree(b_Nxd, (x_Nxd > 0).astype(jnp.int32), (xq_d > 0).astype(jnp.int32), y_N, mask_N,
-                         depth=depth, reg_lambda=0.0, min_child_weight=0.0)
-    return pred
-
-
-def boosted_trees_path(
-    x_Nxd: Float[Array, "N d"],
-    y_N: Float[Array, "N"],
-    mask_N: Float[Array, "N"],
-    xq_d: Float[Array, "d"],
-    *,
-    n_trees: int = 100,
-    depth: int = 4,
-    learning_rate: float = 0.3,
-    reg_lambda: float = 1.0,
-    min_child_weight: float = 1.0,
-) -> tuple[Float[Array, "n_trees"], Float[Array, "n_trees"]]:
-    """Gradient boosting with squared loss, round by round: (ŷ(xq), training MSE) after each tree.
-
-    F₀ = 0 (the tasks' y have prior mean 0); round t fits a greedy depth-``depth`` tree on the
-    sign features x_c > 0 (`_grow_tree`) to the residuals r = y − F_{t−1} of the k masked rows
-    and sets F_t = F_{t−1} + η·tree. XGBoost's second-order leaf weight −G/(H + λ) and split gain
-    G_L²/(H_L + λ) + G_R²/(H_R + λ) − G²/(H + λ) are, for ½(y − F)² (gradient −r, hessian 1),
-    leaf = Σr/(n + λ) and the score Σ_children S²/(n + λ) used here; its min_child_weight (minimum
-    hessian sum) is a minimum child count. Per leaf the training SSE changes by
-    η S²/(n + λ)·(η n/(n + λ) − 2) ≤ 0, so the training MSE is non-increasing for η ≤ 2.
-    """
-    b_Nxd = (x_Nxd > 0).astype(y_N.dtype)
-    bi_Nxd = (x_Nxd > 0).astype(jnp.int32)
-    bq_d = (xq_d > 0).astype(jnp.int32)
-    ym_N = jnp.where(mask_N > 0, y_N, 0)       # masked-out labels never enter (not even as NaN)
-    k = jnp.maximum(jnp.sum(mask_N), 1.0)
-
-    def one_round(carry, _):
-        f_N, f_q = carry
-        t_N, t_q = _grow_tree(b_Nxd, bi_Nxd, bq_d, ym_N - f_N, mask_N, depth=depth, reg_lambda=reg_lambda,
-                              min_child_weight=min_child_weight)
-        f_N, f_q = f_N + learning_rate * t_N, f_q + learning_rate * t_q
-        mse = (mask_N @ jnp.square(ym_N - f_N)) / k          # a dot: see _grow_tree's root
-        return (f_N, f_q), (f_q, mse)
-
-    init = (jnp.zeros_like(ym_N), jnp.zeros((), ym_N.dtype))
-    _, (pred_T, mse_T) = jax.lax.scan(one_round, init, None, length=n_trees)
-    return pred_T, mse_T
-
-
-def boosted_trees(
-    x_Nxd: Float[Array, "N d"],
-    y_N: Float[Array, "N"],
-    mask_N: Float[Array, "N"],
-    xq_d: Float[Array, "d"],
-    *,
-    n_trees: int = 100,
-    depth: int = 4,
-    learning_rate: float = 0.3,
-    reg_lambda: float = 1.0,
-    min_child_weight: float = 1.0,
-) -> Float[Array, ""]:
-    """XGBoost-style gradient-boosted regression trees (squared loss), evaluated at xq.
-
-    F = η Σ_t tree_t, each tree a greedy depth-``depth`` tree on the splits x_c > 0 fitted to
-    the current residuals, with XGBoost's L2-regularised leaves Σr/(n + λ) (λ = reg_lambda,
-    default 1.0 as in XGBoost) and split score Σ_children S²/(n + λ); splits need both children
-    to hold ≥ min_child_weight rows (XGBoost's default 1). With n_trees = 1, learning_rate = 1,
-    reg_lambda = 0 and min_child_weight = 0 it is `greedy_tree`. Differences from XGBoost: only
-    the prior's thresholds x_c > 0 are tried, F₀ = 0 (no base_score), no γ / post-pruning,
-    no subsampling. Defaults: XGBRegressor's n_estimators = 100, learning_rate = 0.3, λ = 1,
-    min_child_weight = 1, but depth 4 (the task's depth) instead of max_depth 6.
-    """
-    pred_T, _ = boosted_trees_path(x_Nxd, y_N, mask_N, xq_d, n_trees=n_trees, depth=depth,
-                                   learning_rate=learning_rate, reg_lambda=reg_lambda,
-                                   min_child_weight=min_child_weight)
-    return pred_T[-1]
+    return _grow_tree((x_Nxd > 0).astype(y_N.dtype), (x_Nxd > 0).astype(jnp.int32), (xq_d > 0).astype(jnp.int32),
+                      y_N, mask_N, depth=depth)
 
 
 def zero(x_Nxd, y_N, mask_N, xq_d) -> Float[Array, ""]:
@@ -253,15 +176,97 @@ def _prefix(f, x_BxNxd, y_BxN, xq_BxNxd):
     return jax.vmap(per_prompt, in_axes=(0, 0, None, 0))(x_BxNxd, y_BxN, mask_NxN, xq_BxNxd)
 
 
+class HostBaseline(NamedTuple):
+    """A baseline run on the host over a whole batch: ``fn(x_BxNxd, y_BxN, xq_BxNxd) -> ŷ_BxN``
+    (NumPy in and out, the prefix convention of `prefix_predictions`)."""
+
+    fn: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
 def prefix_predictions(
-    f: Baseline,
+    f: Baseline | HostBaseline,
     x_BxNxd: Float[Array, "B N d"],
     y_BxN: Float[Array, "B N"],
     xq_BxNxd: Float[Array, "B N d"] | None = None,
 ) -> Float[Array, "B N"]:
     """ŷ[b, k] = f(x_b, y_b, 1[n < k], xq_b,k) for all b and k = 0..N−1 (jitted; f is static,
-    so reuse one `functools.partial` object to avoid re-tracing)."""
-    return _prefix(f, x_BxNxd, y_BxN, x_BxNxd if xq_BxNxd is None else xq_BxNxd)
+    so reuse one `functools.partial` object to avoid re-tracing). A `HostBaseline` runs its
+    ``fn`` on the NumPy arrays instead."""
+    xq_BxNxd = x_BxNxd if xq_BxNxd is None else xq_BxNxd
+    if isinstance(f, HostBaseline):
+        return jnp.asarray(f.fn(np.asarray(x_BxNxd), np.asarray(y_BxN), np.asarray(xq_BxNxd)))
+    return _prefix(f, x_BxNxd, y_BxN, xq_BxNxd)
+
+
+# ----------------------------------------------------------------------------- XGBoost
+# Garg et al.'s tree baseline is `xgb.XGBRegressor()` with the defaults of the xgboost they pin
+# (1.6.1, environment.yml of their code), fitted on the k raw examples and predicting at x_k (0 at
+# k = 0). xgboost ≥ 2 changed two defaults (tree_method "auto" → "hist", base_score 0.5 → the
+# label mean), so all of 1.6.1's are spelled out here.
+GARG_XGBOOST = dict(n_estimators=100, learning_rate=0.3, max_depth=6, min_child_weight=1.0, reg_lambda=1.0,
+                    reg_alpha=0.0, gamma=0.0, subsample=1.0, colsample_bytree=1.0, base_score=0.5,
+                    tree_method="exact")
+
+
+def _xgb_train_params(opts: dict) -> tuple[dict, int]:
+    names = {"learning_rate": "eta", "reg_lambda": "lambda", "reg_alpha": "alpha"}
+    params = {names.get(k, k): v for k, v in opts.items() if k != "n_estimators"}
+    if params.get("tree_method") != "exact":
+        raise ValueError(f"tree_method: allowed 'exact' (rows are dropped per target), got {params.get('tree_method')!r}")
+    return params, int(opts["n_estimators"])
+
+
+def xgboost_fit_predict(x_Nxd: np.ndarray, y_N: np.ndarray, keep_NxT: np.ndarray, xq_Txd: np.ndarray,
+                        **opts) -> np.ndarray:
+    """ŷ_t = XGBoost fitted on the rows {n : keep[n, t]} of (x, y), evaluated at xq_t, for every t.
+
+    All T fits run in ONE multi-target booster (``multi_strategy="one_output_per_tree"``: target
+    t grows its own trees) whose custom squared-loss objective gives target t the gradient
+    F − y and hessian 1 on its rows and hessian −1 elsewhere. XGBoost's exact tree method marks
+    rows with negative hessian as deleted (they enter no split, statistic or threshold), so
+    target t is exactly the booster fitted on its own rows (tests/test_baselines.py checks
+    equality with one `XGBRegressor` per target). ``opts`` override `GARG_XGBOOST`.
+    """
+    import xgboost as xgb  # host-only dependency, imported where used
+
+    params, rounds = _xgb_train_params({**GARG_XGBOOST, **opts})
+    n, t = keep_NxT.shape
+    keep = np.asarray(keep_NxT, bool)
+    y = np.asarray(y_N, np.float32)[:, None]
+    params.update(objective="reg:squarederror", multi_strategy="one_output_per_tree", num_target=t, nthread=1)
+
+    def squared_loss(pred, _):
+        pred = pred.reshape(n, t)
+        return np.where(keep, pred - y, 0.0).astype(np.float32), np.where(keep, 1.0, -1.0).astype(np.float32)
+
+    dtrain = xgb.DMatrix(np.asarray(x_Nxd, np.float32), label=np.broadcast_to(y, (n, t)), nthread=1)
+    booster = xgb.train(params, dtrain, rounds, obj=squared_loss)
+    pred_TxT = booster.inplace_predict(np.asarray(xq_Txd, np.float32)).reshape(len(xq_Txd), t)
+    return np.diagonal(pred_TxT).copy()
+
+
+def xgboost_prefix_predictions(x_BxNxd: np.ndarray, y_BxN: np.ndarray, xq_BxNxd: np.ndarray | None = None, *,
+                               num_threads: int | None = None, **opts) -> np.ndarray:
+    """ŷ[b, k] = XGBoost (``GARG_XGBOOST`` unless ``opts``) fitted on (x_b,n, y_b,n), n < k, at xq_b,k
+    (0 at k = 0). One multi-target booster per prompt (`xgboost_fit_predict`), prompts spread over
+    ``num_threads`` threads (default: all CPUs; xgboost releases the GIL while it grows trees)."""
+    x, y = np.asarray(x_BxNxd), np.asarray(y_BxN)
+    xq = x if xq_BxNxd is None else np.asarray(xq_BxNxd)
+    B, N = y.shape
+    out = np.zeros((B, N), np.float32)
+    if N < 2:
+        return out
+    keep_NxK = np.arange(N)[:, None] < np.arange(1, N)[None, :]    # target k − 1 uses rows n < k
+
+    def one(b):
+        out[b, 1:] = xgboost_fit_predict(x[b], y[b], keep_NxK, xq[b, 1:], **opts)
+
+    with ThreadPoolExecutor(max_workers=num_threads or os.cpu_count() or 1) as pool:
+        list(pool.map(one, range(B)))
+    return out
+
+
+xgboost = HostBaseline(xgboost_prefix_predictions)
 
 
 # ----------------------------------------------------------------------------- sequential classes

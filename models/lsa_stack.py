@@ -23,7 +23,7 @@ P = I. The y-slot of context row i then holds the residual y_i − w_kᵀx_i and
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -161,3 +161,30 @@ def params_from_effective(mats: Sequence[tuple[Array, Array]]) -> dict:
         eye = jnp.eye(a.shape[0], dtype=a.dtype)
         out[f"layer_{l}"] = {"W_Q": a, "W_K": eye, "W_V": b, "P": eye}
     return {"params": out}
+
+
+def align_gauge(params_tf, params_gd) -> list[tuple[Array, Array]]:
+    """The trained effective pairs (cA, B/c), one c per layer, scaled to match the construction.
+
+    (A, B) ↦ (cA, B/c) leaves an LSA layer unchanged; c = ±√(‖A_gd‖‖B_tf‖ / (‖A_tf‖‖B_gd‖))
+    makes ‖cA_tf‖/‖A_gd‖ = ‖B_tf/c‖/‖B_gd‖, with the sign of ⟨A_tf, A_gd⟩ (Frobenius norms).
+    """
+    out = []
+    for (a_t, b_t), (a_g, b_g) in zip(effective_matrices(params_tf), effective_matrices(params_gd), strict=True):
+        c = jnp.sqrt(jnp.linalg.norm(a_g) * jnp.linalg.norm(b_t) / (jnp.linalg.norm(a_t) * jnp.linalg.norm(b_g)))
+        c = jnp.where(jnp.sum(a_t * a_g) < 0, -c, c)
+        out.append((c * a_t, b_t / c))
+    return out
+
+
+def interpolated_params(params_tf, params_gd, t: float) -> dict:
+    """Params with effective pairs (1 − t)·(gauge-aligned trained) + t·(construction), per layer."""
+    mats = [((1 - t) * a_t + t * a_g, (1 - t) * b_t + t * b_g)
+            for (a_t, b_t), (a_g, b_g) in zip(align_gauge(params_tf, params_gd), effective_matrices(params_gd))]
+    return params_from_effective(mats)
+
+
+def interpolation_losses(loss_of_params: Callable[[dict], float], params_tf, params_gd,
+                         ts: Sequence[float]) -> np.ndarray:
+    """[loss_of_params(interpolated_params(θ_TF, θ_GD, t)) for t in ts]."""
+    return np.array([float(loss_of_params(interpolated_params(params_tf, params_gd, t))) for t in ts])

@@ -12,7 +12,7 @@ from ictl.tasks import ood
 def _tiny(task):
     c = garg_tasks.get_config("quick")
     c.task = task
-    c.train_steps, c.warmup, c.log_every, c.ckpt_every = 20, 0, 10, 20
+    c.train_steps, c.warmup, c.log_every, c.ckpt_every, c.steps_per_call = 20, 0, 10, 20, 10
     c.eval_prompts, c.ood_prompts, c.n_boot, c.d, c.n_points, c.batch = 64, 32, 20, 3, 6, 16
     return c
 
@@ -51,12 +51,13 @@ def test_unknown_task_is_one_line_config_error():
         garg_tasks.validate(c)
 
 
-def test_decision_tree_compares_greedy_and_boosted_trees(tmp_path):
+def test_decision_tree_compares_greedy_tree_and_xgboost(tmp_path):
     c = _tiny("decision_tree")
+    c.eval_prompts = 32  # XGBoost: 32 prompts × 5 prefixes × 100 trees
     rows = garg_tasks.run(c, tmp_path)
     names = [r["quantity"] for r in rows]
     assert len(rows) == len(garg_tasks.BASELINES["decision_tree"]) == 4
-    assert any("boosted trees" in n for n in names) and any("greedy tree" in n for n in names)
+    assert any("XGBoost" in n for n in names) and any("greedy tree" in n for n in names)
     assert all(np.isfinite(r["measured"]) and r["measured"] > 0 for r in rows)
     table = json.loads((tmp_path / "results.json").read_text())["table"]
-    assert "boosted trees" in table and "greedy tree" in table
+    assert "XGBoost" in table and "greedy tree" in table

@@ -1,5 +1,8 @@
 """von Oswald et al. 2022: the LSA stack's GD / GD++ construction equals explicit GD (float64),
 the closed-form best step against Monte Carlo, and the alignment metrics on exact cases."""
+import ast
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,7 +10,8 @@ import pytest
 
 from ictl.tasks.uniform_linear import sample_uniform_linear_prompts
 from ictl.theory import gd_icl
-from models.lsa_stack import LSAStack, effective_matrices, gd_construction_params, params_from_effective
+from models.lsa_stack import (LSAStack, align_gauge, effective_matrices, gd_construction_params, interpolated_params,
+                               interpolation_losses, params_from_effective)
 
 D, N, Q, B = 5, 10, 3, 64
 
@@ -153,12 +157,12 @@ def test_gauge_alignment_and_interpolation(x64, c):
     model = LSAStack(d=D, num_layers=2, param_dtype=jnp.float64)
     np.testing.assert_allclose(model.apply(tf, p.x_ctx, p.y_ctx, p.x_q), model.apply(gd, p.x_ctx, p.y_ctx, p.x_q),
                                rtol=0, atol=1e-10)
-    for (a_t, b_t), (a_g, b_g) in zip(gd_icl.align_gauge(tf, gd), effective_matrices(gd)):
+    for (a_t, b_t), (a_g, b_g) in zip(align_gauge(tf, gd), effective_matrices(gd)):
         np.testing.assert_allclose(a_t, a_g, atol=1e-10)
         np.testing.assert_allclose(b_t, b_g, atol=1e-10)
     ref = model.apply(gd, p.x_ctx, p.y_ctx, p.x_q)
     loss = lambda prm: float(jnp.max(jnp.abs(model.apply(prm, p.x_ctx, p.y_ctx, p.x_q) - ref)))  # noqa: E731
-    assert np.all(gd_icl.interpolation_losses(loss, tf, gd, [0.0, 0.3, 0.5, 1.0]) < 1e-10)
+    assert np.all(interpolation_losses(loss, tf, gd, [0.0, 0.3, 0.5, 1.0]) < 1e-10)
 
 
 def test_interpolation_between_two_step_sizes_is_gd(x64):
@@ -170,10 +174,23 @@ def test_interpolation_between_two_step_sizes_is_gd(x64):
     model = LSAStack(d=D, param_dtype=jnp.float64)
     for t in (0.0, 0.25, 0.5, 1.0):
         rate = ((1 - t) * 2.0 / 0.5 + t * 8.0) * ((1 - t) * 0.5 + t)
-        got = model.apply(gd_icl.interpolated_params(tf, gd, t), p.x_ctx, p.y_ctx, p.x_q)
+        got = model.apply(interpolated_params(tf, gd, t), p.x_ctx, p.y_ctx, p.x_q)
         want = gd_icl.gd_predictions(p.x_ctx, p.y_ctx, p.x_q, eta=rate, num_steps=1)
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-10)
     # params_from_effective round-trips
     again = params_from_effective(effective_matrices(gd))
     np.testing.assert_allclose(model.apply(again, p.x_ctx, p.y_ctx, p.x_q),
                                model.apply(gd, p.x_ctx, p.y_ctx, p.x_q), atol=1e-12)
+
+
+def test_theory_does_not_import_models():
+    # Layering experiments → ictl → models/objectives → kernels, with ictl.theory below models: the
+    # construction's weights and the gauge / interpolation helpers live in models.lsa_stack.
+    root = pathlib.Path(__file__).resolve().parents[1] / "ictl" / "theory"
+    bad = []
+    for f in sorted(root.glob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text())):
+            mods = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                    else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            bad += [(f.name, m) for m in mods if m.split(".")[0] in ("models", "objectives", "experiments")]
+    assert len(list(root.glob("*.py"))) >= 6 and bad == [], bad

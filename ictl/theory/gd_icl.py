@@ -1,7 +1,9 @@
 """Gradient descent as in-context learning (von Oswald et al. 2022): explicit GD / GD++, the
 best step size, and the metrics comparing a trained LSA with its GD construction.
 
-Conventions (shared with `models.lsa_stack`): prompt (X, y) with X ∈ R^{N×d}, query x_q; GD from
+Conventions (shared with `models.lsa_stack`, which holds the construction's weights and the
+gauge alignment / weight interpolation between a trained stack and it; theory does not import
+models): prompt (X, y) with X ∈ R^{N×d}, query x_q; GD from
 w₀ = 0 on the mean loss L(w) = 1/(2N) Σ_i (wᵀx_i − y_i)² with rate η, i.e.
 
     w_{k+1} = w_k + (η/N) Σ_i (y_i − w_kᵀx_i) x_i,     ŷ_K = w_Kᵀ x_q,
@@ -24,7 +26,6 @@ import scipy.optimize
 from jaxtyping import Array, Float
 
 from ictl.tasks.uniform_linear import sample_uniform_linear_prompts
-from models.lsa_stack import effective_matrices, params_from_effective
 
 PredFn = Callable[[Array, Array, Array], Array]  # (x_ctx [B,N,d], y_ctx [B,N], x_q [B,Q,d]) -> ŷ [B,Q]
 
@@ -218,30 +219,3 @@ def compare_predictors(pred_a: PredFn, pred_b: PredFn, x_ctx: Float[Array, "B N 
         args = [jnp.asarray(a, jnp.float64) for a in (x_ctx, y_ctx, x_q)]
         metrics = jax.jit(lambda *a: alignment_metrics(pred_a, pred_b, *a))(*args)  # one compile, not one per op
         return {k: float(v) for k, v in metrics.items()}
-
-
-def align_gauge(params_tf, params_gd) -> list[tuple[Array, Array]]:
-    """The trained effective pairs (cA, B/c), one c per layer, scaled to match the construction.
-
-    (A, B) ↦ (cA, B/c) leaves an LSA layer unchanged; c = ±√(‖A_gd‖‖B_tf‖ / (‖A_tf‖‖B_gd‖))
-    makes ‖cA_tf‖/‖A_gd‖ = ‖B_tf/c‖/‖B_gd‖, with the sign of ⟨A_tf, A_gd⟩ (Frobenius norms).
-    """
-    out = []
-    for (a_t, b_t), (a_g, b_g) in zip(effective_matrices(params_tf), effective_matrices(params_gd), strict=True):
-        c = jnp.sqrt(jnp.linalg.norm(a_g) * jnp.linalg.norm(b_t) / (jnp.linalg.norm(a_t) * jnp.linalg.norm(b_g)))
-        c = jnp.where(jnp.sum(a_t * a_g) < 0, -c, c)
-        out.append((c * a_t, b_t / c))
-    return out
-
-
-def interpolated_params(params_tf, params_gd, t: float) -> dict:
-    """Params with effective pairs (1 − t)·(gauge-aligned trained) + t·(construction), per layer."""
-    mats = [((1 - t) * a_t + t * a_g, (1 - t) * b_t + t * b_g)
-            for (a_t, b_t), (a_g, b_g) in zip(align_gauge(params_tf, params_gd), effective_matrices(params_gd))]
-    return params_from_effective(mats)
-
-
-def interpolation_losses(loss_of_params: Callable[[dict], float], params_tf, params_gd,
-                         ts: Sequence[float]) -> np.ndarray:
-    """[loss_of_params(interpolated_params(θ_TF, θ_GD, t)) for t in ts]."""
-    return np.array([float(loss_of_params(interpolated_params(params_tf, params_gd, t))) for t in ts])

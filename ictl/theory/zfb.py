@@ -31,7 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from ictl.theory.ode import solve_ode
+import diffrax
+import optimistix as optx
+
+from ictl.theory.ode import dopri5_controller, solve_ode
 
 ArrayLike = Float[Array, "..."] | np.ndarray
 
@@ -157,6 +160,18 @@ def paper_init(Lam_or_d, *, sigma: float, key_or_Theta) -> tuple[float, Float[np
 
 
 # ----------------------------------------------------------------------------- gradient flow
+class FlowProblem(NamedTuple):
+    """The initial-value problem behind a ``gradient_flow`` trajectory (for ``time_to_eps``)."""
+
+    u0: float
+    U0: Float[np.ndarray, "d d"]
+    lam: Float[np.ndarray, "d d"]
+    N: int
+    rtol: float
+    atol: float
+    max_steps: int
+
+
 class Trajectory(NamedTuple):
     """A training trajectory at S save times (NumPy float64)."""
 
@@ -166,10 +181,11 @@ class Trajectory(NamedTuple):
     U: Float[np.ndarray, "S d d"]
     conserved: Float[np.ndarray, "S"]  # u² − ‖U‖_F²
     V_err: Float[np.ndarray, "S"]  # ‖uU − Γ⁻¹‖_F / ‖Γ⁻¹‖_F
-    loss_star: float  # L*, for time_to_eps
+    loss_star: float  # L*
+    flow: FlowProblem | None = None  # set by gradient_flow (None for GD trajectories)
 
 
-def _trajectory(t, u, U, lam, N) -> Trajectory:
+def _trajectory(t, u, U, lam, N, flow=None) -> Trajectory:
     vinv = np.linalg.inv(gamma(lam, N))
     with jax.enable_x64(True):
         loss = jax.vmap(population_loss, in_axes=(0, 0, None, None))(jnp.asarray(u), jnp.asarray(U), jnp.asarray(lam), N)
@@ -179,17 +195,14 @@ def _trajectory(t, u, U, lam, N) -> Trajectory:
         t=np.asarray(t), loss=np.asarray(loss), u=u, U=U,
         conserved=u**2 - np.sum(U**2, axis=(1, 2)),
         V_err=np.linalg.norm(V - vinv, axis=(1, 2)) / np.linalg.norm(vinv),
-        loss_star=min_loss(lam, N))
+        loss_star=min_loss(lam, N), flow=flow)
 
 
 @partial(jax.jit, static_argnames=("N", "num_saves", "method", "rtol", "atol", "num_steps", "max_steps"))
 def _flow_solve(u0, U0, lam, t1, *, N, num_saves, method, rtol, atol, num_steps, max_steps):
-    # Solved in s = t / t1 ∈ [0, 1] (dy/ds = t1 f(y)) so that t1 is traced: no recompile per t1.
-    f = _flow_field(lam, N)
-    sol = solve_ode(lambda s, y: jax.tree.map(lambda g: t1 * g, f(s, y)), (u0, U0), t1=1.0,
-                    num_saves=num_saves, method=method, rtol=rtol, atol=atol, num_steps=num_steps,
-                    max_steps=max_steps)
-    return sol._replace(ts=t1 * sol.ts)
+    # t1 is traced: one compilation serves every horizon.
+    return solve_ode(_flow_field(lam, N), (u0, U0), t1=t1, num_saves=num_saves, method=method, rtol=rtol,
+                     atol=atol, num_steps=num_steps, max_steps=max_steps)
 
 
 def gradient_flow(u0: float, U0: ArrayLike, Lam: ArrayLike, N: int, *, t1: float, num_saves: int = 201,
@@ -212,7 +225,8 @@ def gradient_flow(u0: float, U0: ArrayLike, Lam: ArrayLike, N: int, *, t1: float
         if not bool(sol.success):
             raise RuntimeError(f"gradient_flow: dopri5 used max_steps={max_steps} before t1={t1}")
         u, U = sol.ys
-    return _trajectory(sol.ts, u, U, lam, N)
+    flow = FlowProblem(float(u0), U0, lam, N, float(rtol), float(atol), int(max_steps)) if method == "dopri5" else None
+    return _trajectory(sol.ts, u, U, lam, N, flow)
 
 
 def converged_params(u0: float, U0: ArrayLike, Lam: ArrayLike, N: int) -> tuple[float, Float[np.ndarray, "d d"]]:
@@ -248,26 +262,41 @@ def converged_params(u0: float, U0: ArrayLike, Lam: ArrayLike, N: int) -> tuple[
     return sign * u_inf, vstar / (sign * u_inf)
 
 
-def time_to_eps(traj: Trajectory, eps: float) -> float:
-    """The first t with L(t) − L* ≤ eps (math.inf if never), interpolated between saves.
+@partial(jax.jit, static_argnames=("N", "rtol", "atol", "max_steps"))
+def _flow_until(u0, U0, lam, t_max, level, *, N, rtol, atol, max_steps):
+    """Solves the flow until L(u, U) = level (a diffrax Event; its time by Newton on the dense
+    output) or t_max: (stop time, whether the event fired, diffrax result)."""
+    def gap(t, y, args, **kwargs):
+        return population_loss(y[0], y[1], lam, N) - level
 
-    The gap decays exponentially near the end, so between the bracketing saves the time is
-    interpolated linearly in log(gap) (linearly in the gap if it is ≤ 0 at the right end).
+    f = _flow_field(lam, N)
+    event = diffrax.Event(gap, root_finder=optx.Newton(rtol=1e-13, atol=1e-13 * t_max))
+    sol = diffrax.diffeqsolve(diffrax.ODETerm(lambda t, y, args: f(t, y)), diffrax.Dopri5(), 0.0, t_max, t_max / 100,
+                              (u0, U0), saveat=diffrax.SaveAt(t1=True), stepsize_controller=dopri5_controller(rtol, atol),
+                              event=event, max_steps=max_steps, throw=False)
+    return sol.ts[-1], sol.event_mask, diffrax.is_okay(sol.result)
+
+
+def time_to_eps(traj: Trajectory, eps: float) -> float:
+    """The first t ≤ traj.t[-1] with L(t) − L* ≤ eps along the gradient flow (math.inf if none).
+
+    A fresh solve of ``traj``'s initial-value problem (``traj.flow``, same tolerances) that a
+    diffrax ``Event`` stops where L − L* − eps changes sign; the root is located on the solver's
+    dense output. Returns traj.t[0] if the gap is already ≤ eps there.
     """
     eps = _check_pos("eps", eps)
-    gap = np.asarray(traj.loss) - traj.loss_star
-    hit = np.nonzero(gap <= eps)[0]
-    if hit.size == 0:
-        return math.inf
-    i = int(hit[0])
-    if i == 0:
+    p = traj.flow
+    if p is None:
+        raise ValueError("traj: must come from gradient_flow(method='dopri5'), got a trajectory without its flow")
+    if traj.loss[0] - traj.loss_star <= eps:
         return float(traj.t[0])
-    g0, g1, t0, t1 = gap[i - 1], gap[i], traj.t[i - 1], traj.t[i]
-    if g1 > 0:
-        frac = (math.log(g0) - math.log(eps)) / (math.log(g0) - math.log(g1))
-    else:
-        frac = (g0 - eps) / (g0 - g1)
-    return float(t0 + frac * (t1 - t0))
+    with jax.enable_x64(True):
+        t, hit, ok = _flow_until(jnp.float64(p.u0), jnp.asarray(p.U0), jnp.asarray(p.lam), jnp.float64(traj.t[-1]),
+                                 jnp.float64(traj.loss_star + eps), N=p.N, rtol=p.rtol, atol=p.atol,
+                                 max_steps=p.max_steps)
+        if not bool(ok):
+            raise RuntimeError(f"time_to_eps: dopri5 used max_steps={p.max_steps} before t={traj.t[-1]}")
+        return float(t) if bool(hit) else math.inf
 
 
 @partial(jax.jit, static_argnames=("N", "num_saves", "save_every"))

@@ -131,7 +131,8 @@ def solve_flow(
     num_saves: int,
     method: str = "dopri5",
 ) -> Flow:
-    """Integrates da/dτ = −b(abᾱ − m4), db/dτ = −a(abᾱ − m4) from (a0, b0) to τ = t1 (float64)."""
+    """Integrates da/dτ = −b(abᾱ − m4), db/dτ = −a(abᾱ − m4) from (a0, b0) to τ = t1 (float64;
+    dopri5 at rtol 1e-10, atol 1e-12 as ``zfb.gradient_flow``, or rk4 with 20 steps per save)."""
     ab = alpha_bar(moments, d=d, length=length)
     m4 = float(moments.m4)
     with jax.enable_x64(True):
@@ -142,7 +143,7 @@ def solve_flow(
             return (-b * g, -a * g)
 
         y0 = (jnp.asarray(a0, jnp.float64), jnp.asarray(b0, jnp.float64))
-        kw = {"num_steps": 20 * (num_saves - 1)} if method == "rk4" else {}
+        kw = {"num_steps": 20 * (num_saves - 1)} if method == "rk4" else {"rtol": 1e-10, "atol": 1e-12}
         sol = solve_ode(field, y0, t1=t1, num_saves=num_saves, method=method, **kw)
         a, b = sol.ys
         c = a * b
