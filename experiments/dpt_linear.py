@@ -9,11 +9,13 @@ Environment (DPT's): 10 arms with features in R² fixed across episodes (x_a ~ N
 from the transformer's own logits (posterior sampling, as DPT does).
 
 Command: `ictl run dpt_linear`. Quick tier: T = 50 (DPT: 200), GPT 3 layers / 2 heads / width 32,
-1000 Adam steps of 32 fresh trajectories, 512 evaluation instances. Runtime: see docs/icrl.md
-(≈ 3 min on 2 loaded cores), hence REPRODUCE = False. Paper tier (`--config.scale=paper`,
+1000 Adam steps of 32 fresh trajectories, 512 evaluation instances. Measured runtime 412 s wall /
+172 s CPU (user + sys) on 2 cores at 1-min load ≈ 11, hence REPRODUCE = False. Paper tier (`--config.scale=paper`,
 accelerator): T = 200, 8 layers, width 32, 100k trajectories.
 Expected (DPT): DPT ≈ LinUCB, below unstructured TS; issue target (quick): DPT's regret at T below
-unstructured TS's.
+unstructured TS's. Measured (quick, seed 0, regret at T = 50 ± SE): DPT 5.39 ± 0.22 vs per-arm TS
+14.43 ± 0.43 (reproduced); LinUCB 4.21 ± 0.10 (DPT 28% above: "≈ LinUCB" not reached at this
+scale, informational), linear TS 3.28 ± 0.09, uniform 55.3 ± 1.5.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ from ictl.results import new_figure, row, save_figure, write_results
 
 REPRODUCE = False
 TITLE = "DPT (Lee et al.) on a linear bandit: pretrained on unstructured-TS data, plays near LinUCB, below its data's TS"
-LEFT_OUT = "one transformer training: ≈ 3 min on 2 CPU cores (quick tier), over `make run`'s budget"
+LEFT_OUT = "one transformer training: 412 s wall / 172 s CPU on 2 loaded CPU cores (quick tier), over `make run`'s budget"
 
 
 def get_config(scale: str = "quick") -> ml_collections.ConfigDict:

@@ -21,11 +21,15 @@ SPEC = envs.make_spec("dpt_linear", horizon=6)   # A = 10, d = 2: token width 35
 
 @pytest.fixture(scope="module")
 def tiny():
-    """A 2-layer policy with enlarged random weights (so logits are far from uniform), both backends."""
+    """A 2-layer policy with random N(0, 0.5²) weights (logits far from uniform), both backends. The
+    weights come from numpy on `init_params`'s abstract shapes: compiling Flax's initialisers costs
+    several CPU seconds here, and any weights serve for these equivalence checks."""
     out = {}
     for att in ("softmax", "relu"):
         pc = policy.model_config(SPEC, n_layers=2, n_heads=2, width=16, attention=att)
-        params = jax.jit(lambda k: jax.tree.map(lambda p: 2.0 * p, init_params(pc.gpt, k)))(jax.random.key(0))
+        shapes = jax.eval_shape(lambda k, cfg=pc.gpt: init_params(cfg, k), jax.random.key(0))
+        rng = np.random.default_rng(0)
+        params = jax.tree.map(lambda s: jnp.asarray(0.5 * rng.normal(size=s.shape), s.dtype), shapes)
         out[att] = (pc, params)
     return out
 
@@ -62,7 +66,7 @@ def test_relu_attention_matches_its_formula():
 def test_cached_decoding_equals_the_full_forward(tiny, att):
     pc, params = tiny[att]
     toks = jax.random.normal(jax.random.key(2), (3, 2 * SPEC.horizon, policy.token_width(SPEC)))
-    full = np.asarray(GPT(pc.gpt).apply(params, toks))
+    full = np.asarray(jax.jit(GPT(pc.gpt).apply)(params, toks))  # jitted: one compile, not one per op
     cache = init_cache(pc.gpt, 3)
     step = jax.jit(lambda c, x, i: decode_step(pc.gpt, params, c, x, i))
     outs = []
@@ -93,10 +97,12 @@ def test_online_play_samples_from_the_full_models_logits(tiny):
     a_np, noise = np.asarray(a), np.asarray(b.noise)
     ref_r = np.take_along_axis(np.asarray(b.means), a_np, 1) + SPEC.noise_std * np.take_along_axis(
         noise[:, :SPEC.horizon], a_np[..., None], 2)[..., 0]
-    np.testing.assert_allclose(np.asarray(r), ref_r, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(r), ref_r, rtol=1e-6, atol=1e-6)  # float32 mean + σ·ε
+    lin = envs.make_spec("linear", horizon=6)  # A = 10, d = 5: the model was built for d = 2
+    fake = envs.Bandit(np.zeros((2, 10, 5), np.float32), np.zeros((2, 5), np.float32),
+                       np.zeros((2, 10), np.float32), np.zeros((2, 6, 10), np.float32))
     with pytest.raises(ValueError, match="n_actions"):
-        policy.play(pc, params, envs.make_spec("linear", horizon=6), envs.sample_bandits(
-            jax.random.key(0), envs.make_spec("linear", horizon=6), 2), key)
+        policy.play(pc, params, lin, fake, key)
 
 
 def test_pretraining_labels_and_fixed_dataset():
@@ -117,6 +123,23 @@ def test_pretraining_labels_and_fixed_dataset():
                       (pretrain.DataSpec("linucb", uniform_share=1.5), "uniform_share")]:
         with pytest.raises(ValueError, match=word):
             pretrain.check_data(SPEC, bad)
+
+
+def test_distribution_ratio_kls_closed_form():
+    """data_kl(p, s) = Σ_t Σ_a p log(p / (s/A + (1 − s) p)): 0 for s = 0 or a uniform expert; for a
+    deterministic expert each step contributes −log(s/A + 1 − s). kl_sum(p, p) = 0."""
+    T, A = 7, 5
+    onehot = np.zeros((2, T, A), np.float32)
+    onehot[:, :, 2] = 1.0
+    unif = np.full((1, T, A), 1.0 / A, np.float32)
+    for s in (0.0, 0.5, 0.9):
+        np.testing.assert_allclose(icrl_distribution_ratio.data_kl(onehot, s), -T * np.log(s / A + 1 - s),
+                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(icrl_distribution_ratio.data_kl(unif, s), 0.0, atol=1e-5)
+    mix = np.full((1, T, A), 0.1, np.float32)
+    mix[..., 0] = 0.6
+    np.testing.assert_allclose(icrl_distribution_ratio.kl_sum(mix, mix), 0.0, atol=1e-6)
+    np.testing.assert_allclose(icrl_distribution_ratio.kl_sum(onehot, unif), T * np.log(A), rtol=1e-5)
 
 
 @pytest.mark.parametrize("module, key, value, needle", [
