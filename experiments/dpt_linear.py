@@ -9,7 +9,7 @@ Environment (DPT's): 10 arms with features in R² fixed across episodes (x_a ~ N
 from the transformer's own logits (posterior sampling, as DPT does).
 
 Command: `ictl run dpt_linear`. Quick tier: T = 50 (DPT: 200), GPT 3 layers / 2 heads / width 32,
-1000 Adam steps of 32 fresh trajectories, 512 evaluation instances. Measured runtime 412 s wall /
+1000 Adam steps of 32 fresh trajectories, 512 evaluation instances. Measured runtime 420 s wall /
 172 s CPU (user + sys) on 2 cores at 1-min load ≈ 11, hence REPRODUCE = False. Paper tier (`--config.scale=paper`,
 accelerator): T = 200, 8 layers, width 32, 100k trajectories.
 Expected (DPT): DPT ≈ LinUCB, below unstructured TS; issue target (quick): DPT's regret at T below
@@ -33,7 +33,7 @@ from ictl.results import new_figure, row, save_figure, write_results
 
 REPRODUCE = False
 TITLE = "DPT (Lee et al.) on a linear bandit: pretrained on unstructured-TS data, plays near LinUCB, below its data's TS"
-LEFT_OUT = "one transformer training: 412 s wall / 172 s CPU on 2 loaded CPU cores (quick tier), over `make run`'s budget"
+LEFT_OUT = "one transformer training: 420 s wall / 172 s CPU on 2 loaded CPU cores (quick tier), over `make run`'s budget"
 
 
 def get_config(scale: str = "quick") -> ml_collections.ConfigDict:
