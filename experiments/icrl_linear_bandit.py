@@ -17,8 +17,8 @@ T = 200 (exact from the sampler: 221.77, `ictl.bandits.theory`). Issue targets (
 within 15% of LinUCB at T and far below uniform (≤ half).
 Measured (quick, seed 0, regret at T = 50 ± SE): AD-LinUCB 20.43 ± 0.69 vs LinUCB 18.92 ± 0.70
 (+8%, reproduced), AD-LinUCB / uniform 0.36 (reproduced), uniform 57.32 ± 1.39 vs exact 55.44
-(reproduced); AD-TS 26.98 vs linear TS 25.19; DPT 10.08 (it samples from the true U[0, 1]^5
-prior's posterior, linear TS uses N(0, I)); ridge greedy 20.18. Details in docs/icrl.md.
+(reproduced); AD-TS 26.98 vs linear TS 25.19; DPT 10.08 (trained under the true U[0, 1]^5
+prior; linear TS uses N(0, I)); ridge greedy 20.18. Details in docs/icrl.md.
 """
 from __future__ import annotations
 
