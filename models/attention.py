@@ -13,6 +13,8 @@ Backends (`BACKENDS`), all on q, k [B, T, H, K], v [B, T, H, V] → [B, T, H, V]
   (own block included), optional VMoBA `threshold`.
 - "spark_topk": softmax over the logits above the Spark statistical top-k threshold, `k_keep`
   per row (`kernels.topk`).
+- "relu": ReLU attention without softmax or √K, o_t = Σ_{s≤t} ReLU(q_t·k_s) v_s / (t + 1) (t from 0;
+  non-causal: / T), the variant of Bai et al. / Lin, Bai, Mei's in-context RL transformer.
 
 `Attention` maps x [B, T, D] → [B, T, D] with a fused "qkv" projection [D, 3, H, K] and an "out"
 projection [H, K, D] (the parameter layout of `models.gpt.CausalAttn`), plus "gate" [D, H, K]
@@ -35,7 +37,7 @@ from kernels.linear_attention import linear_attention
 from kernels.moba import moba_attention
 from kernels.topk import spark_topk_attention
 
-BACKENDS = ("softmax", "linear", "gla", "lawcat", "moba", "spark_topk")
+BACKENDS = ("softmax", "linear", "gla", "lawcat", "moba", "spark_topk", "relu")
 GLA_GATE_TEMPERATURE = 16.0  # log α = logsigmoid(·)/16 (GLA paper)
 _HI = jax.lax.Precision.HIGHEST  # fp32 matmuls stay fp32 on GPU (no TF32)
 
@@ -53,6 +55,19 @@ def _softmax(q_BxTxHxK, k_BxTxHxK, v_BxTxHxV, causal: bool):
         s_BxHxTxT = jnp.where(causal_11TT, s_BxHxTxT, -jnp.inf)
     p_BxHxTxT = jax.nn.softmax(s_BxHxTxT, axis=-1)
     o = jnp.einsum("bhts,bshv->bthv", p_BxHxTxT, v_BxTxHxV.astype(jnp.float32), precision=_HI)
+    return o.astype(q_BxTxHxK.dtype)
+
+
+def _relu(q_BxTxHxK, k_BxTxHxK, v_BxTxHxV, causal: bool):
+    T = q_BxTxHxK.shape[1]
+    s_BxHxTxT = jax.nn.relu(jnp.einsum("bthk,bshk->bhts", q_BxTxHxK.astype(jnp.float32),
+                                       k_BxTxHxK.astype(jnp.float32), precision=_HI))
+    if causal:
+        s_BxHxTxT = s_BxHxTxT * jnp.tril(jnp.ones((T, T), jnp.float32))[None, None]
+        s_BxHxTxT = s_BxHxTxT / jnp.arange(1, T + 1, dtype=jnp.float32)[None, None, :, None]
+    else:
+        s_BxHxTxT = s_BxHxTxT / T
+    o = jnp.einsum("bhts,bshv->bthv", s_BxHxTxT, v_BxTxHxV.astype(jnp.float32), precision=_HI)
     return o.astype(q_BxTxHxK.dtype)
 
 
@@ -74,6 +89,8 @@ def attend(
         raise ValueError(f"causal must be True for backend {backend!r}; got causal={causal!r}")
     if backend == "softmax":
         return _softmax(q, k, v, causal)
+    if backend == "relu":
+        return _relu(q, k, v, causal)
     if backend == "linear":
         o, _ = linear_attention(q, k, v, causal=causal, normalize=True, feature_map=_elu1,
                                 implementation=implementation)
