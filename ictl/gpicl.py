@@ -2,7 +2,7 @@
 their checks, the data set on the device, the models, the training loss, the evaluation curves.
 
 Data: ``config.dataset`` is read through TFDS (`ictl.data`), z-normalised with the train split's
-statistics and put on the device once; training sequences come from the train split, evaluation
+statistics (images: one mean/std over all pixels; tabular sets: per feature) and put on the device once; training sequences come from the train split, evaluation
 sequences from the test split (held-out images). Tasks (`ictl.tasks.gpicl`): training draws from a
 pool of 2^k tasks (k = ``log2_tasks``) or fresh tasks ("fresh"); *seen* evaluation tasks are pool
 ids, *unseen* ones are fresh keys from a separate stream. Models (``kind``): "transformer" —
@@ -149,9 +149,9 @@ def load_data(config, name: str | None = None, *, whole: bool = False) -> Data:
     if whole:
         x = np.concatenate([tr.x, te.x])
         y = np.concatenate([tr.y, te.y])
-        xz, = G.znormalise(x)
+        xz, = G.znormalise(x, per_feature=name not in idata.IMAGES)
         return Data(*(jnp.asarray(a) for a in (xz, y, xz, y)), n_classes=tr.n_classes, name=name)
-    xtr, xte = G.znormalise(tr.x, te.x)
+    xtr, xte = G.znormalise(tr.x, te.x, per_feature=name not in idata.IMAGES)
     return Data(jnp.asarray(xtr), jnp.asarray(tr.y), jnp.asarray(xte), jnp.asarray(te.y), n_classes=tr.n_classes,
                 name=name)
 

@@ -33,11 +33,13 @@ def toy(module, data_dir, **kw):
 @pytest.mark.slow
 def test_transition_end_to_end(data_dir, tmp_path):
     c = toy(gpicl_transition, data_dir, log2_tasks="0,fresh", boundary="0", boundary_seeds=1)
+    c.train_steps, c.log_every, c.ckpt_every = 2, 1, 2
     rows = gpicl_transition.run(c, tmp_path)
     res = json.loads((tmp_path / "results.json").read_text())
     assert (tmp_path / "gpicl_transition.png").exists() and (tmp_path / "tasks_2^0" / "seed_1" / "ckpt").exists()
     s0, sf = res["sweep"]
     assert s0["seeds"] == [0, 1] and len(s0["unseen_last"]) == 2 and sf["seen_last"] is None
+    assert len(res["curves"]["2^0"]["seen"]["acc"]) == 12 and res["curves"]["fresh"]["seen"] is None
     assert len(res["curves"]["2^0"]["unseen"]["acc"]) == 12
     assert res["baselines"]["logistic regression (GD on the prefix)"]["positions"] == [0, 1, 5, 11]
     assert all(r["verdict"] in ("reproduced", "not reproduced", "informational") for r in rows)
@@ -67,10 +69,11 @@ def test_plateau_length_rule():
 
 @pytest.mark.slow
 def test_plateau_state_transfer_end_to_end(data_dir, tmp_path):
-    c = toy(gpicl_plateau, data_dir, batch_sizes="4,8", bias_batch=8, bias_frac=0.25)
+    c = toy(gpicl_plateau, data_dir, batch_sizes="8", bias_batch=8, bias_frac=0.25)
     rows = gpicl_plateau.run(c, tmp_path / "plateau")
     res = json.loads((tmp_path / "plateau" / "results.json").read_text())
-    assert [r["batch"] for r in res["runs"]] == [4, 8, 8] and res["runs"][-1]["metric"] == "loss_unbiased"
+    assert [r["batch"] for r in res["runs"]] == [8, 8] and res["runs"][-1]["metric"] == "loss_unbiased"
+    assert len(res["runs"][0]["losses"]) == 2                          # logged at steps 2 and 4
     assert rows[0]["quantity"].startswith("plateau length")
     c = toy(gpicl_state, data_dir, kinds="transformer,lstm,matrix")
     gpicl_state.run(c, tmp_path / "state")

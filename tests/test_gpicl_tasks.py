@@ -27,6 +27,9 @@ def test_znormalise(dataset):
     np.testing.assert_allclose(xz[:, 1:].std(0), 1, atol=1e-5)
     _, other = G.znormalise(x, x[:5] + 1.0)              # other splits use the train statistics
     np.testing.assert_allclose(other[:, 1:], xz[:5, 1:] + 1.0 / x[:, 1:].std(0), atol=1e-5)
+    g, = G.znormalise(x, per_feature=False)              # images: one mean and std over all entries
+    np.testing.assert_allclose([g.mean(), g.std()], [0.0, 1.0], atol=1e-5)
+    np.testing.assert_allclose(g, (x - x.mean()) / x.std(), rtol=1e-5, atol=1e-5)
 
 
 def test_projection_variance_and_permutation():

@@ -25,6 +25,7 @@ import numpy as np
 SKLEARN = ("digits", "iris", "wine", "breast_cancer")
 MNIST_FAMILY = ("mnist", "fashion_mnist", "kmnist")
 DATASETS = SKLEARN + MNIST_FAMILY
+IMAGES = ("digits",) + MNIST_FAMILY     # pixels: normalised with one mean/std; the others per feature
 SPLITS = ("train", "test")
 FILE_FORMAT = "array_record"
 

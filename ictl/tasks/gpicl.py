@@ -42,11 +42,16 @@ class Sequences(NamedTuple):
     rows: Int[Array, "B L"]           # the data-set rows used (distinct within a sequence)
 
 
-def znormalise(x_train_PxF: np.ndarray, *others: np.ndarray, eps: float = 1e-6) -> tuple[np.ndarray, ...]:
-    """Each feature standardised with the train split's mean and std (std < eps → 1: constant
-    pixels stay 0); returns (train, *others) in float32."""
+def znormalise(x_train_PxF: np.ndarray, *others: np.ndarray, per_feature: bool = True,
+               eps: float = 1e-6) -> tuple[np.ndarray, ...]:
+    """Standardised with the train split's statistics; returns (train, *others) in float32.
+
+    per_feature=True (tabular sets): each feature by its own mean and std (std < eps → 1: a
+    constant feature stays 0). per_feature=False (images): one mean and std over all pixels, as
+    is usual for MNIST — per-pixel scaling would blow up rare pixels (digits: |z| up to 42).
+    """
     x = np.asarray(x_train_PxF, np.float64)
-    mu, sd = x.mean(axis=0), x.std(axis=0)
+    mu, sd = (x.mean(axis=0), x.std(axis=0)) if per_feature else (x.mean(), x.std())
     sd = np.where(sd < eps, 1.0, sd)
     return tuple(((np.asarray(a, np.float64) - mu) / sd).astype(np.float32) for a in (x_train_PxF, *others))
 
