@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test bench venv clean-cache
+.PHONY: run test bench bench-peer venv clean-cache
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -24,6 +24,17 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run_all
+
+# ictl vs the PyTorch original side by side (docs/benchmarks_peer.md). The PyTorch side lives in its
+# own bench-only venv (torch CPU + transformers), never a dependency of ictl.
+PEER := .venv-peer
+$(PEER)/.stamp:
+	@test -x $(PEER)/bin/python || $(PY) -m venv $(PEER)
+	$(PEER)/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0 transformers==5.24.0 numpy
+	@touch $@
+
+bench-peer: $(STAMP) $(PEER)/.stamp
+	$(BIN)/python -m bench.bench_peer
 
 clean-cache:
 	rm -rf .cache/jax

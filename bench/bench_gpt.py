@@ -11,6 +11,7 @@ on a shared machine the numbers are upper bounds on the time.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pathlib
 import platform
@@ -18,39 +19,53 @@ import statistics
 import time
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
 from experiments.garg_linear import make_icl_step, model_config
-from ictl.train import TrainState
+from ictl.train import TrainState, seed_keys, unstack, vmap_seeds
+from ictl.train.loop import multi_step
 from models.gpt import GPT, init_params, num_params
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+CASES = {"tiny5": ("tiny", 5, 11), "tiny": ("tiny", 20, 41), "small": ("small", 20, 41),
+         "standard": ("standard", 20, 41)}  # name -> (size, d, points)
 
 
-def bench_one(size: str, d: int, n_points: int, batch: int, steps: int, dtype: str = "float32") -> dict:
+def bench_one(size: str, d: int, n_points: int, batch: int, steps: int, dtype: str = "float32", *,
+              steps_per_call: int = 1, seeds: int = 1) -> dict:
+    """Median wall time of one train step (a call of ``steps_per_call`` steps, divided by it) over
+    ``steps`` timed calls after a compiling call; ``seeds`` > 1 trains that many models per step."""
     c = ml_collections.ConfigDict(dict(task="linear", size=size, dtype=dtype, attention_backend="softmax", d=d,
                                        n_points=n_points, batch=batch, curriculum=False))
     model = GPT(model_config(c))
-    params = init_params(model.cfg, jax.random.key(0))
     tx = optax.adam(1e-4)
-    state = TrainState.create(params=params, tx=tx)
-    step = jax.jit(make_icl_step(model, tx, c), donate_argnums=0)
+    step_fn = make_icl_step(model, tx, c)
     key = jax.random.key(1)
+    if seeds > 1:
+        state = jax.vmap(lambda k: TrainState.create(params=init_params(model.cfg, k), tx=tx))(seed_keys(0, seeds))
+        step_fn, key = vmap_seeds(step_fn), seed_keys(1, seeds)
+    else:
+        state = TrainState.create(params=init_params(model.cfg, jax.random.key(0)), tx=tx)
+    params = unstack(state.params, 0) if seeds > 1 else state.params
+    step = jax.jit(multi_step(step_fn), donate_argnums=0)
     t0 = time.perf_counter()
-    state, m = step(state, key)
+    state, (m, _, _) = step(state, (key, jnp.int32(0), jnp.int32(steps_per_call)))
     jax.block_until_ready(m["loss"])
     compile_s = time.perf_counter() - t0
     times = []
     for i in range(steps):
         t = time.perf_counter()
-        state, m = step(state, jax.random.fold_in(key, i + 1))
+        state, (m, _, _) = step(state, (key, jnp.int32((i + 1) * steps_per_call), jnp.int32(steps_per_call)))
         jax.block_until_ready(m["loss"])
-        times.append(time.perf_counter() - t)
+        times.append((time.perf_counter() - t) / steps_per_call)
     med = statistics.median(times)
-    return dict(size=size, d=d, T=2 * n_points, batch=batch, params=num_params(params), compile_s=compile_s,
-                step_ms=1e3 * med, steps_per_s=1 / med, examples_per_s=batch / med, load=os.getloadavg()[0],
-                flops=train_flops(size, num_params(params), 2 * n_points, batch))
+    return dict(impl="ictl", size=size, d=d, points=n_points, T=2 * n_points, batch=batch, params=num_params(params),
+                compile_s=compile_s, step_ms=1e3 * med, ms=1e3 * med, ms_all=[1e3 * t for t in times],
+                steps_per_s=1 / med, examples_per_s=batch * seeds / med, load=os.getloadavg()[0],
+                steps_per_call=steps_per_call, seeds=seeds, jax=jax.__version__,
+                flops=seeds * train_flops(size, num_params(params), 2 * n_points, batch))
 
 
 def train_flops(size: str, n_params: int, T: int, batch: int) -> float:
@@ -72,11 +87,18 @@ def main(argv=None) -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--peak-tflops", type=float, default=None,
                     help="the device's peak for MFU (e.g. 989 = H200 dense bf16 spec)")
+    ap.add_argument("--steps-per-call", type=int, default=1, help="train steps per dispatch (lax.scan)")
+    ap.add_argument("--seeds", type=int, default=1, help="models trained per vmapped step")
+    ap.add_argument("--steps", type=int, default=None, help="timed calls (default 20, --quick 5)")
+    ap.add_argument("--json", action="store_true", help="print one JSON line per size, write no markdown")
     args = ap.parse_args(argv)
-    steps = 5 if args.quick else 20
-    known = {"tiny5": ("tiny", 5, 11), "tiny": ("tiny", 20, 41), "small": ("small", 20, 41),
-             "standard": ("standard", 20, 41)}
-    cases = [known[s] for s in args.sizes.split(",")]
+    steps = args.steps or (5 if args.quick else 20)
+    cases = [CASES[s] for s in args.sizes.split(",")]
+    if args.json:
+        for size, d, n in cases:
+            print(json.dumps(bench_one(size, d, n, args.batch, steps, args.dtype, steps_per_call=args.steps_per_call,
+                                       seeds=args.seeds)), flush=True)
+        return
     rows = []
     for size, d, n in cases:
         r = bench_one(size, d, n, args.batch, steps if size != "standard" else max(3, steps // 4), args.dtype)

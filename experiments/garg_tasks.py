@@ -103,7 +103,7 @@ def run(config, workdir: pathlib.Path) -> list[dict]:
                             "baseline", note=f"{config.task}; < 1: the transformer is better"))
     extra = dict(train_seconds=secs, table=ev.curves_table(curves))
     if config.task == "linear" and config.ood:
-        oc = evaluate_ood(model, params, config, jax.random.key(config.seed + 2000))
+        oc = evaluate_ood(model, params[0], config, jax.random.key(config.seed + 2000))  # seed 0's model
         names = list(oc)
         fig, axes = new_figure(4, nrows=(len(names) + 3) // 4, width=3.6, height=3.2)
         for ax, name in zip(axes.ravel(), names):

@@ -14,6 +14,10 @@ Measured (quick, seed 0; errors / E y², 1024 prompts): transformer 0.22 / 0.11 
 on Φ*(x) 0.14 / 0.017 and ridge on x (λ = σ²) 6.9 / 0.96 — it learned the representation but not yet
 the Bayes-optimal ridge after 3000 steps; probe R² for Φ*(x) after blocks 1/2/3: 0.87 / 0.91 / 0.91
 (a linear map of x reaches 0.56).
+Claims: the transformer within 0.05 of ridge on Φ*(x) (error / E y², garg_linear's fidelity
+target) at k = 4 and 15, its error at most half of ridge on x at k = 15, probe R² ≥ 0.9. From the
+numbers above: at quick scale the two Bayes rows are not reproduced (0.22 vs 0.14, 0.11 vs 0.017:
+under-trained), the ridge-on-x ratio (0.11) and the probe (0.91, near the bar) are.
 Paper scale: d = 20, Φ* width 20 (depth 4 is Guo's deepest), 41 points, 12 layers, 500k steps.
 """
 from __future__ import annotations
@@ -37,6 +41,7 @@ from ictl.train import TrainState, config_optimizer, fit, make_train_step, shard
 from models.gpt import GPT, GPTConfig, init_params
 
 REPRODUCE = False
+FIDELITY = 0.05  # garg_linear's fidelity target on error / E y²
 LEFT_OUT = "time budget: ≈ 2 min at quick scale, kept out to hold `make run` near 15 min on 2 cores"
 TITLE = "Guo et al. 2024: ICL with a fixed representation Φ* — GPT vs ridge on Φ*(x), per-layer probes"
 
@@ -102,7 +107,7 @@ def run(config, workdir: pathlib.Path) -> list[dict]:
         p = rep.sample_representation_prompts(k, phi, batch=config.batch, n_points=config.n_points,
                                               noise_std=config.noise_std)
         x, y = shard_batch((p.x, p.y))
-        loss = jnp.mean(jnp.square(fc.predictions_at_x(model.apply(params, fc.interleave(x, y))) - y))
+        loss = jnp.mean(jnp.square(model.apply(params, fc.interleave(x, y), x_only=True) - y))
         return loss, {}
 
     state, history = fit(TrainState.create(params=init_params(model.cfg, jax.random.fold_in(key, 0)), tx=tx),
@@ -154,9 +159,18 @@ def run(config, workdir: pathlib.Path) -> list[dict]:
     n = config.n_points
     tf, rb, rx = curves["transformer"], curves["ridge on Φ*(x) (Bayes)"], curves["ridge on x"]
     rows = [row(f"transformer error/E y² at k={k} vs ridge on Φ*(x)", rb.mean[k], tf.mean[k], "baseline",
-                note=f"ridge on x: {rx.mean[k]:.3g}; band [{tf.lo[k]:.3g}, {tf.hi[k]:.3g}]")
+                tol=FIDELITY, why="fidelity target (as garg_linear): within 0.05 of the Bayes predictor on "
+                                  "error / E y² (the zero predictor scores 1)",
+                note=f"ridge on x: {rx.mean[k]:.3g}; band [{tf.lo[k]:.3g}, {tf.hi[k]:.3g}]; MC SE transformer "
+                     f"{tf.sem[k]:.2g}, Bayes {rb.sem[k]:.2g}")
             for k in sorted({config.phi_width // 2, n - 1})]
-    rows.append(row("best-layer probe R² for Φ*(x)", 1.0, max(r2), "paper",
+    rows.append(row(f"transformer / ridge on x error at k={n - 1}", 0.0, tf.mean[n - 1] / rx.mean[n - 1], "baseline",
+                    tol=0.5, claim="at_most", why="Guo et al.: the transformer learns Φ*, far below ridge on the raw "
+                                                  "x (here: at most half its error)",
+                    note=f"ratio of the two errors; ridge on x {rx.mean[n - 1]:.3g}"))
+    rows.append(row("best-layer probe R² for Φ*(x)", 1.0, max(r2), "paper", tol=0.1, claim="at_least",
+                    why="Guo et al.: Φ*(x) is linearly decodable from the lower layers (near-perfect, [recall]); "
+                        "bar here: R² ≥ 0.9",
                     note=f"per layer {[round(v, 3) for v in r2]}; linear in x: {r2_x:.3g}"))
     losses = [h["loss"] for h in history if "loss" in h]
     write_results(workdir, rows, probe_r2=r2, probe_r2_x=r2_x, table=ev.curves_table(curves),

@@ -14,6 +14,11 @@ Runtime: ≈ 1.5–2 min quick on 2 unloaded CPU cores (4 × 4000 Adam steps, ba
 Expected (d = 5, N = 20): isotropic A* = I/26, L* = 15/26 = 0.5769; noisy (σ² = 0.5)
 A* = I/26.5, L* = 0.8632; anisotropic A* = N G⁻¹ Σ_x Σ_w, L* = 0.5727; tanh (τ² = 1, σ = 0)
 A* = 0.039069 I, L* = 0.11051. Trained: ‖A_LSA − A*‖/‖A*‖ ≲ 2%, loss within ≈ 1% of L*.
+Claims (every row, `setting_rows`): ‖A_LSA − A*‖/‖A*‖ and the nuisance ≤ 2% (the target above);
+exact L(A_LSA) within 1% of L*; the Monte Carlo loss and the paired excess over hᵀA*x_q within 4
+of the run's own standard errors; tr(A)/d within 2% of η*, or within half the gap to the step it
+must be told from (noisy: 1/(N+d+1); nonlinear: the linear-response step). Quick, seed 0
+(docs/mahankali.md): all 23 claims reproduced (largest: the anisotropic MC loss at 1.9 SE).
 """
 from __future__ import annotations
 
@@ -117,8 +122,9 @@ def _setting(name: str, c) -> dict:
         def loss_of(a):
             return mh.nonlinear_preconditioner_loss(a, c.response, N=n, w_var=c.w_var, moments=mo)
 
+        eta_lin = mh.nonlinear_optimum("linear", N=n, d=d, w_var=c.w_var)[0]
         return dict(sample=sample, a_star=eta * eye, l_star=l_star, loss_of=loss_of,
-                    label=f"{c.response}, τ²={c.w_var:g}")
+                    label=f"{c.response}, τ²={c.w_var:g}", eta_alt=(eta_lin, "the linear-response step"))
     kw = dict(N=n, Sigma_x=sx, Sigma_w=eye, noise_var=noise_var)
     sx32 = None if name != "anisotropic" else jnp.asarray(sx, jnp.float32)
     noise_std = float(np.sqrt(noise_var))
@@ -128,8 +134,9 @@ def _setting(name: str, c) -> dict:
 
     label = {"isotropic": "Σ_x = I", "anisotropic": f"Σ_x eigs {c.cov_eigs[0]:g}…{c.cov_eigs[1]:g}",
              "noisy": f"σ² = {noise_var:g}"}[name]
+    alt = (mh.isotropic_optimum(n, d)[0], "the noiseless step 1/(N+d+1)") if name == "noisy" else None
     return dict(sample=sample, a_star=mh.optimal_preconditioner(**kw), l_star=mh.optimal_loss(**kw),
-                loss_of=lambda a: mh.preconditioner_loss(a, **kw), label=label)
+                loss_of=lambda a: mh.preconditioner_loss(a, **kw), label=label, eta_alt=alt)
 
 
 def _mean_se(v):
@@ -259,6 +266,45 @@ def _figures(c, setups, res, workdir):
         save_figure(fig, workdir, "nonlinear_step")
 
 
+# ------------------------------------------------------------------------------------ rows
+
+A_TARGET = 0.02  # ‖A_LSA − A*‖/‖A*‖ after training (the module docstring's "≲ 2%")
+LOSS_TARGET = 0.01  # exact L(A_LSA) within 1% of L* (the docstring's "loss within ≈ 1%")
+
+
+def setting_rows(name: str, s: dict, r: dict, c) -> list[dict]:
+    """The claims of one setting: the trained A against A* (the stated 2% target), its losses against
+    L* (exact: the 1% target; Monte Carlo: 4 standard errors of the run's own evaluation), the
+    nuisance weight (2%, like A) and the step size (2% where nothing else is near, else half the gap
+    to the step it must be told from: the noiseless 1/(N+d+1), or the linear-response step)."""
+    a_star = s["a_star"]
+    rel = np.linalg.norm(r["a"] - a_star) / np.linalg.norm(a_star)
+    mc4 = "4 Monte Carlo standard errors of this run's evaluation"
+    rows = [
+        row(f"{name}: ‖A_LSA − A*‖_F / ‖A*‖_F", 0.0, rel, "theory", tol=A_TARGET, claim="at_most",
+            why="the experiment's target: the trained preconditioner within 2% of the closed form", note=s["label"]),
+        row(f"{name}: trained LSA loss (MC) vs L*", s["l_star"], r["mc"], "theory", tol=4 * r["se"], why=mc4,
+            note=f"MC standard error {r['se']:.2g} over {r['m']} fresh prompts"),
+        row(f"{name}: trained LSA loss − loss of hᵀA*x_q (paired MC)", 0.0, r["excess"], "theory",
+            tol=4 * r["excess_se"], why=mc4 + " (paired: same prompts for both)",
+            note=f"same prompts for both; MC standard error {r['excess_se']:.2g}"),
+        row(f"{name}: exact loss of A_LSA vs L*", s["l_star"], s["loss_of"](r["a"]), "theory", tol=LOSS_TARGET,
+            tol_kind="rel", why="the experiment's target: loss within 1% of L* (closed form, no sampling error)",
+            note="closed-form L(A) at the trained preconditioner; ≥ L* always"),
+        row(f"{name}: rms(ŷ_LSA − hᵀA_LSA x_q) / rms(hᵀA_LSA x_q)", 0.0, r["nuis"], "theory", tol=A_TARGET,
+            claim="at_most", why="same 2% target as the preconditioner: weight outside the one-step-GD form",
+            note="weight outside the one-step-GD form; zero at the optimum"),
+    ]
+    if name != "anisotropic":
+        eta_star, eta = a_star[0, 0], np.trace(r["a"]) / c.d
+        alt, what = s["eta_alt"] or (eta_star, "")
+        tol, why = A_TARGET * eta_star, "2% of η*: implied by the preconditioner target (|tr ΔA|/d ≤ ‖ΔA‖_F/√d)"
+        if 0 < abs(eta_star - alt) < 2 * tol:
+            tol, why = 0.5 * abs(eta_star - alt), f"half the gap to {what} {alt:.6g}: the row must tell the two apart"
+        rows.append(row(f"{name}: step size tr(A_LSA)/d vs η*", eta_star, eta, "theory", tol=tol, why=why))
+    return rows
+
+
 # ------------------------------------------------------------------------------------ run
 
 
@@ -271,22 +317,7 @@ def run(c, workdir: pathlib.Path) -> list[dict]:
     _figures(c, setups, res, workdir)
     rows = []
     for name, r in res.items():
-        s = setups[name]
-        a_star = s["a_star"]
-        rel = np.linalg.norm(r["a"] - a_star) / np.linalg.norm(a_star)
-        rows += [
-            row(f"{name}: ‖A_LSA − A*‖_F / ‖A*‖_F", 0.0, rel, "theory", note=s["label"]),
-            row(f"{name}: trained LSA loss (MC) vs L*", s["l_star"], r["mc"], "theory",
-                note=f"MC standard error {r['se']:.2g} over {r['m']} fresh prompts"),
-            row(f"{name}: trained LSA loss − loss of hᵀA*x_q (paired MC)", 0.0, r["excess"], "theory",
-                note=f"same prompts for both; MC standard error {r['excess_se']:.2g}"),
-            row(f"{name}: exact loss of A_LSA vs L*", s["l_star"], s["loss_of"](r["a"]), "theory",
-                note="closed-form L(A) at the trained preconditioner; ≥ L* always"),
-            row(f"{name}: rms(ŷ_LSA − hᵀA_LSA x_q) / rms(hᵀA_LSA x_q)", 0.0, r["nuis"], "theory",
-                note="weight outside the one-step-GD form; zero at the optimum"),
-        ]
-        if name != "anisotropic":
-            rows.append(row(f"{name}: step size tr(A_LSA)/d vs η*", a_star[0, 0], np.trace(r["a"]) / c.d, "theory"))
+        rows += setting_rows(name, setups[name], r, c)
     write_results(workdir, rows, timings={f"train_{k}_s": v["seconds"] for k, v in res.items()},
                   a_star={k: v["a_star"].tolist() for k, v in setups.items()},
                   a_trained={k: v["a"].tolist() for k, v in res.items()},

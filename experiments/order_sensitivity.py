@@ -22,10 +22,16 @@ at float rounding; transformer spread clearly > 0.
 Measured (quick, seed 0, d = 4, K = 10, 16 orders, 256 prompts): LSA 2.7e-16 (float64), 7.6e-8
 (float32; bound 1.1e-5, max spread/bound 0.029); GD 4.8e-8 (float32), 2.8e-16 (float64);
 transformer (1500 steps, error/d 0.47 at K = 10, not converged) 0.52 = 0.35 × its RMS prediction.
+Claims: LSA spread ≤ its rounding bound (float64: the bound with u = 2⁻⁵³, ≈ 2e-14 here; float32:
+1.1e-5), GD's float32 spread ≤ 4 × its own rounding error |ŷ₃₂ − ŷ₆₄|, and the transformer's spread
+≥ the LSA's float32 rounding bound (its row used to say "expected 0", the value the transformer
+should not match). Expected at quick scale from the numbers above: all 4 reproduced (the GD
+rounding yardstick was added afterwards and is not re-measured).
 """
 from __future__ import annotations
 
 import functools
+import math
 import pathlib
 
 import jax
@@ -143,7 +149,8 @@ def run(config, workdir: pathlib.Path) -> list[dict]:
     g.seed, g.size, g.d, g.n_points, g.batch = config.seed, config.size, config.d, config.n_ctx + 1, config.batch
     g.train_steps, g.lr, g.warmup, g.log_every, g.ckpt_every = (config.train_steps, config.lr, config.warmup,
                                                                 max(config.train_steps // 5, 1), config.train_steps)
-    gpt, gpt_params, gpt_hist, _ = garg_linear.train(g, workdir)
+    g.steps_per_call = math.gcd(g.log_every, g.ckpt_every, g.steps_per_call)  # garg's default must divide both
+    gpt, (gpt_params,), gpt_hist, _ = garg_linear.train(g, workdir)  # one parameter tree per seed (g.seeds = 1)
     lsa, lsa_params, lsa_hist = train_lsa(config, workdir)
 
     key = jax.random.key(config.seed + 1000)
@@ -191,22 +198,36 @@ def run(config, workdir: pathlib.Path) -> list[dict]:
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     save_figure(fig, workdir, "order_sensitivity")
 
+    # GD's own float32 rounding error on the original order (the yardstick of its spread)
+    xk, yk = x_all[:, :ks[-1]], y_all[:, :ks[-1]]
+    with jax.enable_x64(True):
+        gd64 = np.asarray(gd_predict(*(jnp.asarray(np.asarray(a), jnp.float64) for a in (xk, yk, xq)),
+                                     eta=config.gd_eta, steps=config.gd_steps))
+    gd_round = float(np.mean(np.abs(np.asarray(learners["GD (float32)"](xk, yk, xq), np.float64) - gd64)))
     tf_pred = np.asarray(learners["transformer (float32)"](x_all[:, :ks[-1]], y_all[:, :ks[-1]], xq), np.float64)
     rms_pred = float(np.sqrt(np.mean(tf_pred**2)))
     tf_err = float(np.mean((tf_pred - np.asarray(yq)) ** 2) / d)
     K = ks[-1]
+    bound64 = bound_mean[-1] * 2.0**-29  # the same rounding bound with u = 2⁻⁵³ (γ_m ∝ u)
     rows = [
-        row(f"LSA spread at K={K} (float64)", 0.0, mean["LSA (float64)"][-1], "theory",
+        row(f"LSA spread at K={K} (float64)", 0.0, mean["LSA (float64)"][-1], "theory", tol=bound64,
+            claim="at_most", why="float64 rounding only: the bound 2γ_m·A with u = 2⁻⁵³ (mean over prompts)",
             note="exactly permutation-invariant: S = Σ e_i e_iᵀ"),
-        row(f"LSA spread at K={K} (float32)", 0.0, mean["LSA (float32)"][-1], "theory",
+        row(f"LSA spread at K={K} (float32)", 0.0, mean["LSA (float32)"][-1], "theory", tol=bound_mean[-1],
+            claim="at_most", why="float32 rounding only: the bound 2γ_m·A (u = 2⁻²⁴, mean over prompts)",
             note=f"rounding only: mean bound 2γ_m·A = {bound_mean[-1]:.3g}; max spread/bound over all K "
                  f"and prompts = {ratio_max:.3g} (≤ 1 expected)"),
         row(f"GD ({config.gd_steps} steps) spread at K={K} (float32)", 0.0, mean["GD (float32)"][-1], "theory",
-            note=f"float64: {mean['GD (float64)'][-1]:.3g}"),
-        row(f"transformer spread at K={K} (float32)", 0.0, mean["transformer (float32)"][-1], "baseline",
-            note=f"> 0 expected (causal attention + positions); relative to RMS prediction {rms_pred:.3g}: "
-                 f"{mean['transformer (float32)'][-1] / rms_pred:.3g}; its error/d at K={K}: {tf_err:.3g} "
-                 f"(least squares: 0 for K ≥ d)"),
+            tol=4 * gd_round, claim="at_most",
+            why="float32 rounding only: 4 × GD's own rounding error mean|ŷ₃₂ − ŷ₆₄| on the original order "
+                "(two orders differ by at most two such errors; 4 covers their spread over prompts)",
+            note=f"float64: {mean['GD (float64)'][-1]:.3g}; mean|ŷ₃₂ − ŷ₆₄| = {gd_round:.3g}"),
+        row(f"transformer spread at K={K} (float32)", bound_mean[-1], mean["transformer (float32)"][-1], "baseline",
+            tol=0.0, claim="at_least",
+            why="order-sensitive: above the float32 rounding bound of the exactly invariant LSA on the same prompts",
+            note=f"rewritten: the yardstick is the rounding bound, not 0 (the transformer should NOT be invariant); "
+                 f"relative to RMS prediction {rms_pred:.3g}: {mean['transformer (float32)'][-1] / rms_pred:.3g}; "
+                 f"its error/d at K={K}: {tf_err:.3g} (least squares: 0 for K ≥ d)"),
     ]
     write_results(workdir, rows, ks=ks, spread={n: m.tolist() for n, m in mean.items()},
                   lsa_bound=bound_mean.tolist(), lsa_spread_over_bound_max=ratio_max,

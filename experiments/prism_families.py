@@ -34,7 +34,13 @@ Measured (quick, seed 0; 1280 prompts; docs/prism_families.md has the full table
   mixture  error/d at k = 1 / 2 / 7: transformer 0.71 / 0.51 / 0.52, Bayes 0.66 / 0.40 / 0.16,
            dense-only 0.74 / 0.44 / 0.17, support-only 0.76 / 0.61 / 0.43.
 At this scale the transformers are still training: they track the Bayes curve over the first
-one to three examples only. Paper scale (`--config.scale=paper`, an accelerator run, not run
+one to three examples only.
+Claims (`family_rows`): the transformer within 5% of the zero predictor's error of the BPM at
+k ∈ {1, 2, 3, N/2, N − 1} (garg_linear's fidelity target; 0.05 for fourier, 0.28 for gmm, 0.056 for
+mixture), and for fourier at most half the linear fit's error at k = N − 1. From the numbers above
+4 of 16 reproduced at quick scale: fourier k = 1 (0.81 vs 0.79), k = 2 (not tabulated; "near the BPM
+for k ≤ 2" in docs/prism_families.md) and the linear-fit ratio (0.23), mixture k = 1 (0.706 vs 0.657);
+every later k and every gmm row are not reproduced (e.g. gmm k = 1: 2.02 vs 1.68). Paper scale (`--config.scale=paper`, an accelerator run, not run
 here): Garg's 12-layer/8-head/256 GPT, n_max = 10 (Panwar's maximum frequency), d = 10, 41
 points, Adam 1e-4, 500k steps per family; the sizes other than n_max and the ±3e₁ prior are an
 assumption ([recall], not in REFERENCES.md). Estimated ≈ 1–2 h per family on one H100/H200
@@ -231,7 +237,7 @@ def make_loss(model: GPT, fam: Family, config):
 
     def loss_fn(params, key):
         x, y = shard_batch(fam.sample(key, config.batch))
-        pred_BxN = fc.predictions_at_x(model.apply(params, fc.interleave(x, y)))
+        pred_BxN = model.apply(params, fc.interleave(x, y), x_only=True)
         loss = jnp.mean(jnp.square(pred_BxN - y))
         return loss, {"err_norm": loss / fam.norm}
 
@@ -267,16 +273,40 @@ def report_ks(n: int) -> list[int]:
     return sorted({1, 2, 3, n // 2, n - 1})
 
 
-def family_rows(name: str, curves: dict[str, ev.Curve], n: int) -> list[dict]:
+FIDELITY = 0.05  # trained model vs the BPM: within 5% of the zero predictor's error (garg_linear's 0.05)
+
+
+def zero_error(name: str, config) -> float:
+    """The zero predictor's error in the family's units (E y² / norm): fourier 1 + σ² (E f² = 1),
+    gmm (shift² + d + σ²)/d (E‖w‖² = shift² + d), mixture (d + σ²)/d (E‖w‖² = d in both families)."""
+    if name == "fourier":
+        return 1.0 + config.fourier_noise_std**2
+    shift2 = config.gmm_shift**2 if name == "gmm" else 0.0
+    return (shift2 + config.d + config.noise_std**2) / config.d
+
+
+def family_rows(name: str, curves: dict[str, ev.Curve], n: int, zero_err: float = 1.0) -> list[dict]:
+    """The transformer against the family's Bayes posterior mean at a few k (fidelity target: within
+    5% of the zero predictor's error ``zero_err``); for Fourier series also its ratio to the linear fit
+    (Panwar et al.: the transformer does not regress linearly, here: at most half the linear fit's error)."""
     names = list(curves)
     tf, bpm_name = curves["transformer"], names[1]
     bpm, others = curves[bpm_name], names[2:]
+    tol = FIDELITY * zero_err
     rows = []
     for k in report_ks(n):
         other = "; ".join(f"{o} {curves[o].mean[k]:.3g}" for o in others)
         rows.append(row(f"{name}: transformer error at k={k} vs Bayes posterior mean", bpm.mean[k], tf.mean[k],
-                        "baseline", note=f"transformer 90% band [{tf.lo[k]:.3g}, {tf.hi[k]:.3g}]; "
+                        "baseline", tol=tol, why=f"fidelity target (as garg_linear): within 5% of the zero "
+                                                 f"predictor's error {zero_err:.3g}",
+                        note=f"transformer 90% band [{tf.lo[k]:.3g}, {tf.hi[k]:.3g}]; "
                         f"Bayes SE {bpm.sem[k]:.2g}; {other}"))
+    if name == "fourier":
+        lin = curves[others[0]]
+        rows.append(row(f"{name}: transformer / linear fit error at k={n - 1}", 0.0, tf.mean[n - 1] / lin.mean[n - 1],
+                        "baseline", tol=0.5, claim="at_most",
+                        why="Panwar et al.: the transformer follows the Fourier BPM, not linear regression "
+                            "(here: at most half the linear fit's error)", note=f"{others[0]} {lin.mean[n - 1]:.3g}"))
     return rows
 
 
@@ -294,7 +324,7 @@ def run(config, workdir: pathlib.Path) -> list[dict]:
         curves = evaluate(model, params, fam, config, jax.random.fold_in(jax.random.key(config.seed + 1000), i))
         ev.plot_curves(axes[0, i], curves, title=fam.title, logy=True,
                        ylabel="squared error" if fam.norm == 1 else "squared error / d")
-        rows += family_rows(name, curves, fam.n_points)
+        rows += family_rows(name, curves, fam.n_points, zero_error(name, config))
         losses = [h["loss"] for h in history if "loss" in h]
         extra["train_seconds"][name] = secs
         extra["first_loss"][name] = losses[0] if losses else None

@@ -24,6 +24,11 @@ f = 0.54. So the transformer is the dMMSE at M ≤ 2^2 and stops memorising betw
 (error ≈ 2× ridge's at k = 7), so "tracks ridge" is only partial (f ≈ 0.5–0.6). With 12k / 40k steps the
 2^7 model reached 0.224 / 0.198 (f = 0.59 / 0.62): a clean ridge match needs ≳ 10^5 steps (an
 extrapolation; docs/prism_task_diversity.md).
+Claims (`result_rows`): f ≤ ½ at the smallest pool and ≥ ½ at the largest; the transformer within
+5% of the zero predictor's error/d of dMMSE (smallest pool: pool and fresh prompts) and of ridge
+(largest pool, fresh); fresh = pool error at the largest pool (4 MC SE). Quick (numbers above and
+docs/prism_task_diversity.md): 5 of 6 reproduced; M = 2^7 fresh vs ridge is not (0.322 vs 0.148,
+tolerance 0.054); f = 0.54 at 2^7 passes the ½ bar narrowly.
 Paper scale (`--config.scale=paper`, accelerator; not run here): d = 8, 16 points, σ² = 0.25,
 M = 2^1, 2^3, …, 2^15, 8 layers/8 heads/D = 256 (6.3M params), 500k steps of batch 128 (Raventós:
 the transition near M ≈ 2^13 for d = 8, [recall]). Runtime estimate (not measured): ≈ 6 · 6.3M ·
@@ -139,7 +144,8 @@ def train_pool(config, pool_Mxd, log2_M: int, workdir: pathlib.Path):
     t0 = time.time()
     state, history = fit(state, make_train_step(ptp.make_loss(model, pool_Mxd, config), tx),
                          key=jax.random.fold_in(key, 1), num_steps=config.train_steps, workdir=workdir / "train",
-                         log_every=config.log_every, ckpt_every=config.ckpt_every, desc=f"pool M=2^{log2_M}")
+                         log_every=config.log_every, ckpt_every=config.ckpt_every,
+                         steps_per_call=config.steps_per_call, desc=f"pool M=2^{log2_M}")
     return model, state.params, history, time.time() - t0
 
 
@@ -197,6 +203,49 @@ def _plot(workdir, sweep, curves, config):
     save_figure(fig, workdir, "prism_task_diversity_curves")
 
 
+# ----------------------------------------------------------------------------- rows
+FIDELITY = 0.05  # trained model vs a Bayes predictor: within 5% of the zero predictor's error (garg_linear)
+
+
+def result_rows(sweep: list[dict], config) -> list[dict]:
+    """Claims at the two ends of the sweep: the ridge fraction on the right side of ½ (the paper's
+    regimes), the transformer within the fidelity target (5% of the zero predictor's error/d,
+    (d + σ²)/d) of the Bayes predictor it should be (dMMSE for the smallest pool, on pool and fresh
+    prompts: a memorising model fails like dMMSE; ridge for the largest), and its fresh-task error
+    equal to its pool error for the largest pool (4 MC SE)."""
+    k = config.n_points - 1
+    tol = FIDELITY * (config.d + config.noise_std**2) / config.d
+    fid = f"fidelity target (as garg_linear): within 5% of the zero predictor's error/d, {tol / FIDELITY:.3g}"
+    lo, hi = sweep[0], sweep[-1]
+    se_gap = 4 * float(np.hypot(hi["fresh"]["sem"]["transformer"], hi["pool"]["sem"]["transformer"]))
+    return [
+        row(f"M=2^{lo['log2_M']}, fresh tasks: ridge fraction Δ_dMMSE/(Δ_dMMSE+Δ_ridge) (0 = tracks dMMSE)", 0.0,
+            lo["fresh"]["ridge_fraction"], "baseline", tol=0.5, claim="at_most",
+            why="few tasks: closer to dMMSE than to ridge (f ≤ 0.5), Raventós' memorising regime",
+            note=f"Δ(TF, dMMSE) = {lo['fresh']['dist'][DMMSE]:.3g}, Δ(TF, ridge) = {lo['fresh']['dist'][RIDGE]:.3g}; "
+            "few tasks: the transformer should be closer to dMMSE (f < 0.5)"),
+        row(f"M=2^{hi['log2_M']}, fresh tasks: ridge fraction Δ_dMMSE/(Δ_dMMSE+Δ_ridge) (1 = tracks ridge)", 1.0,
+            hi["fresh"]["ridge_fraction"], "baseline", tol=0.5, claim="at_least",
+            why="many tasks: closer to ridge than to dMMSE (f ≥ 0.5), Raventós' generalising regime",
+            note=f"Δ(TF, dMMSE) = {hi['fresh']['dist'][DMMSE]:.3g}, Δ(TF, ridge) = {hi['fresh']['dist'][RIDGE]:.3g}; "
+            "many tasks: the transformer should be closer to ridge (f > 0.5)"),
+        row(f"M=2^{lo['log2_M']}, pool prompts: transformer error/d at k={k} vs dMMSE", lo["pool"]["err"][DMMSE],
+            lo["pool"]["err"]["transformer"], "baseline", tol=tol, why=fid + " (dMMSE is Bayes on the pool)",
+            note=f"ridge {lo['pool']['err'][RIDGE]:.3g}"),
+        row(f"M=2^{lo['log2_M']}, fresh tasks: transformer error/d at k={k} vs dMMSE", lo["fresh"]["err"][DMMSE],
+            lo["fresh"]["err"]["transformer"], "baseline", tol=tol, why=fid,
+            note=f"a pool-memorising model fails like dMMSE; ridge {lo['fresh']['err'][RIDGE]:.3g}"),
+        row(f"M=2^{hi['log2_M']}, fresh tasks: transformer error/d at k={k} vs ridge", hi["fresh"]["err"][RIDGE],
+            hi["fresh"]["err"]["transformer"], "baseline", tol=tol, why=fid + " (ridge is Bayes for w ~ N(0, I))",
+            note=f"dMMSE {hi['fresh']['err'][DMMSE]:.3g}"),
+        row(f"M=2^{hi['log2_M']}: transformer error/d at k={k}, fresh tasks vs pool prompts (equal = no memorising)",
+            hi["pool"]["err"]["transformer"], hi["fresh"]["err"]["transformer"], "baseline", tol=se_gap,
+            why="4 Monte Carlo SE (independent fresh and pool prompts)",
+            note=f"at M=2^{lo['log2_M']}: fresh {lo['fresh']['err']['transformer']:.3g} vs pool "
+            f"{lo['pool']['err']['transformer']:.3g}"),
+    ]
+
+
 # ----------------------------------------------------------------------------- run
 def run(config, workdir: pathlib.Path) -> list[dict]:
     validate(config)
@@ -225,28 +274,7 @@ def run(config, workdir: pathlib.Path) -> list[dict]:
         sweep.append(entry)
     _plot(workdir, sweep, curves, config)
 
-    lo, hi = sweep[0], sweep[-1]
-    rows = [
-        row(f"M=2^{lo['log2_M']}, fresh tasks: ridge fraction Δ_dMMSE/(Δ_dMMSE+Δ_ridge) (0 = tracks dMMSE)", 0.0,
-            lo["fresh"]["ridge_fraction"], "baseline",
-            note=f"Δ(TF, dMMSE) = {lo['fresh']['dist'][DMMSE]:.3g}, Δ(TF, ridge) = {lo['fresh']['dist'][RIDGE]:.3g}; "
-            "few tasks: the transformer should be closer to dMMSE (f < 0.5)"),
-        row(f"M=2^{hi['log2_M']}, fresh tasks: ridge fraction Δ_dMMSE/(Δ_dMMSE+Δ_ridge) (1 = tracks ridge)", 1.0,
-            hi["fresh"]["ridge_fraction"], "baseline",
-            note=f"Δ(TF, dMMSE) = {hi['fresh']['dist'][DMMSE]:.3g}, Δ(TF, ridge) = {hi['fresh']['dist'][RIDGE]:.3g}; "
-            "many tasks: the transformer should be closer to ridge (f > 0.5)"),
-        row(f"M=2^{lo['log2_M']}, pool prompts: transformer error/d at k={k} vs dMMSE", lo["pool"]["err"][DMMSE],
-            lo["pool"]["err"]["transformer"], "baseline", note=f"ridge {lo['pool']['err'][RIDGE]:.3g}"),
-        row(f"M=2^{lo['log2_M']}, fresh tasks: transformer error/d at k={k} vs dMMSE", lo["fresh"]["err"][DMMSE],
-            lo["fresh"]["err"]["transformer"], "baseline",
-            note=f"a pool-memorising model fails like dMMSE; ridge {lo['fresh']['err'][RIDGE]:.3g}"),
-        row(f"M=2^{hi['log2_M']}, fresh tasks: transformer error/d at k={k} vs ridge", hi["fresh"]["err"][RIDGE],
-            hi["fresh"]["err"]["transformer"], "baseline", note=f"dMMSE {hi['fresh']['err'][DMMSE]:.3g}"),
-        row(f"M=2^{hi['log2_M']}: transformer error/d at k={k}, fresh tasks vs pool prompts (equal = no memorising)",
-            hi["pool"]["err"]["transformer"], hi["fresh"]["err"]["transformer"], "baseline",
-            note=f"at M=2^{lo['log2_M']}: fresh {lo['fresh']['err']['transformer']:.3g} vs pool "
-            f"{lo['pool']['err']['transformer']:.3g}"),
-    ]
+    rows = result_rows(sweep, config)
     crossing = [s["log2_M"] for s in sweep if s["fresh"]["ridge_fraction"] > 0.5]
     write_results(workdir, rows, sweep=sweep, params=num_params(params), wall_seconds=time.time() - t_start,
                   load_average_start=load_start, load_average_end=os.getloadavg(),

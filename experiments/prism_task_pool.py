@@ -32,7 +32,7 @@ import numpy as np
 from ictl import baselines as bl
 from ictl import bayes
 from ictl import evaluation as ev
-from ictl.config import SCALES, ConfigError, check, check_ints_at_least_one
+from ictl.config import SCALES, ConfigError, check, check_ints_at_least_one, check_steps_per_call
 from ictl.results import new_figure, row, save_figure, write_results
 from ictl.tasks import function_classes as fc
 from ictl.tasks import prism
@@ -66,10 +66,11 @@ def get_config(scale: str = "quick") -> ml_collections.ConfigDict:
     c.n_boot = 500
     c.log_every = 250
     c.ckpt_every = 4000
+    c.steps_per_call = 50         # train steps per dispatch (lax.scan); divides log_every and ckpt_every
     if scale == "paper":
         c.d, c.n_points, c.log2_pool, c.n_layers, c.n_heads, c.width = 8, 16, 10, 8, 8, 256
         c.lr, c.warmup, c.lr_end, c.train_steps, c.batch = 1e-4, 5000, 1.0, 500_000, 64
-        c.log_every, c.ckpt_every = 1000, 10_000
+        c.log_every, c.ckpt_every, c.steps_per_call = 1000, 10_000, 10
     return c
 
 
@@ -86,6 +87,7 @@ def validate(config) -> None:
     check(0 <= config.warmup < config.train_steps, "warmup", config.warmup, "0 <= warmup < train_steps")
     check(0 < config.lr_end <= 1, "lr_end", config.lr_end, "a number in (0, 1]")
     check(config.eval_prompts >= 2, "eval_prompts", config.eval_prompts, "an integer >= 2")
+    check_steps_per_call(config)
 
 
 def model_config(config) -> GPTConfig:
@@ -100,7 +102,7 @@ def make_loss(model: GPT, pool_Mxd, config):
         p = prism.sample_pool_prompts(key, pool_Mxd, batch=config.batch, n_points=config.n_points,
                                       noise_std=config.noise_std)
         x, y = shard_batch((p.x, p.y))
-        pred_BxN = fc.predictions_at_x(model.apply(params, fc.interleave(x, y)))
+        pred_BxN = model.apply(params, fc.interleave(x, y), x_only=True)
         loss = jnp.mean(jnp.square(pred_BxN - y))
         return loss, {"err_per_d": loss / config.d}
 
@@ -116,7 +118,8 @@ def train(config, pool_Mxd, workdir: pathlib.Path):
     t0 = time.time()
     state, history = fit(state, make_train_step(make_loss(model, pool_Mxd, config), tx),
                          key=jax.random.fold_in(key, 1), num_steps=config.train_steps, workdir=workdir / "train",
-                         log_every=config.log_every, ckpt_every=config.ckpt_every, desc="prism pool")
+                         log_every=config.log_every, ckpt_every=config.ckpt_every,
+                         steps_per_call=config.steps_per_call, desc="prism pool")
     return model, state.params, history, time.time() - t0
 
 
@@ -162,20 +165,26 @@ def run(config, workdir: pathlib.Path) -> list[dict]:
         curves_pool["ridge λ=σ² (Gaussian posterior mean)"]
     rows = []
     for k in sorted({1, 2, d // 2 + 1, d, n - 1}):
-        best_name, best = ("dMMSE", dm) if dm.mean[k] <= rd.mean[k] else ("ridge", rd)
-        rows.append(row(f"pool prompts: transformer error/d at k={k} vs {best_name}", best.mean[k], tf.mean[k],
-                        "baseline", note=f"transformer 90% band [{tf.lo[k]:.3g}, {tf.hi[k]:.3g}]; "
-                        f"{best_name} SE {best.sem[k]:.2g}; ridge {rd.mean[k]:.3g}; dMMSE {dm.mean[k]:.3g}"))
+        rows.append(row(f"pool prompts: transformer error/d at k={k} vs dMMSE", dm.mean[k], tf.mean[k], "theory",
+                        tol=0.15, tol_kind="rel",
+                        why="few tasks: the transformer should reach the pool's Bayes predictor (dMMSE) within 15% "
+                            "(≈ 2–3× the 90% bootstrap half-width at 1280 prompts)",
+                        note=f"transformer 90% band [{tf.lo[k]:.3g}, {tf.hi[k]:.3g}]; dMMSE SE {dm.sem[k]:.2g}; "
+                             f"ridge {rd.mean[k]:.3g}"))
     k = n - 1
-    rows.append(row(f"pool prompts: transformer error/d at k={k} vs ridge", rd.mean[k], tf.mean[k], "baseline",
-                    note="ridge is the Bayes predictor of the Gaussian prior the pool was drawn from"))
+    rows.append(row(f"pool prompts: ridge error/d at k={k} (context)", dm.mean[k], rd.mean[k], "baseline",
+                    note="ridge is the Bayes predictor of the Gaussian prior the pool was drawn from, not of the pool; "
+                         "shown beside dMMSE, no claim"))
     tfn, rdn = curves_new["transformer"], curves_new["ridge λ=σ² (Gaussian posterior mean)"]
     dmn = curves_new["dMMSE (pool posterior mean)"]
-    rows.append(row(f"fresh tasks: transformer error/d at k={k} vs ridge", rdn.mean[k], tfn.mean[k], "baseline",
-                    note=f"ridge is Bayes-optimal here; a pool-memorising model is worse "
-                    f"(band [{tfn.lo[k]:.3g}, {tfn.hi[k]:.3g}])"))
-    rows.append(row(f"fresh tasks: transformer error/d at k={k} vs dMMSE", dmn.mean[k], tfn.mean[k], "baseline",
-                    note="close when the transformer memorised the pool (Panwar/Raventós, few tasks)"))
+    rows.append(row(f"fresh tasks: transformer error/d at k={k} vs dMMSE", dmn.mean[k], tfn.mean[k], "theory",
+                    tol=0.25, tol_kind="rel",
+                    why="a pool-memorising model fails on fresh tasks like dMMSE (Panwar/Raventós, few tasks): within "
+                        "25%, while ridge is ~10× lower",
+                    note=f"transformer band [{tfn.lo[k]:.3g}, {tfn.hi[k]:.3g}]"))
+    rows.append(row(f"fresh tasks: ridge error/d at k={k} (context)", rdn.mean[k], rdn.mean[k], "baseline",
+                    note=f"ridge is Bayes-optimal for fresh tasks; the experiment's point is that the few-task transformer "
+                         f"does NOT match it (transformer {tfn.mean[k]:.3g}): no claim"))
     losses = [h["loss"] for h in history if "loss" in h]
     table = {"pool": ev.curves_table(curves_pool), "fresh": ev.curves_table(curves_new)}
     write_results(workdir, rows, train_seconds=secs, params=num_params(params), pool_size=M,

@@ -54,6 +54,17 @@ Measured (quick, seed 0; error relative to the zero predictor, k = examples/tran
             paper reports, but it also used the clean labels less; at p = 1 all learners are ≥ zero.
   The affine least-squares limit was checked by Monte Carlo (k = 250): 0.183 / 0.413 / 1.045 for
   p = 0 / 0.5 / 1 against 0.182 / 0.386 / 1.000 plus ≈ 5/250 of the residual variance.
+Claims (`_rows`; trained-model tolerances 5% of the zero predictor's error, garg_linear's target):
+  dynamics transformer ≤ exact least squares at k = d and N − 1 (k < d informational: least squares
+  is underdetermined there, not the optimum); least squares exact from d (float64 round-off, 1e-9);
+  copy-last = ν_k + ν_(k−1) (4 MC SE); window transformer ≤ the best baseline at k = d·w, N/2, N − 1;
+  labels: p = 0 informational (the reference), 0 < p < 1: the transformer's error ≤ its p = 0 error +
+  affine least squares' increase (the paper's "not to the extent one might expect"; these rows used
+  to take affine least squares' error itself as the target), p = 1: not below the zero predictor (the
+  Bayes predictor when every label is noise). From the quick numbers above: 7 of 10 claims
+  reproduced; not reproduced: dynamics at k = 3 (0.44) and 9 (0.17) against exact least squares, and
+  the window at k = 11 (0.53 vs affine least squares 0.31). The window claim at k = 4 was not in the
+  documented table (expected reproduced: at k = 3 the transformer led, 0.59 vs 0.67).
 Paper scale (`--config.scale=paper`, our choice — the paper's exact sizes were not available here):
 Garg's "small" GPT (6L/4H/128), dynamics d = 5 with 20 states, window d = 5, w = 3 with 40 points,
 100k steps each at lr 1e-4 — an accelerator run. Estimated from FLOPs (6·params·tokens per step:
@@ -188,7 +199,7 @@ def window_loss(model: GPT, config):
     def loss_fn(params, key):
         p = _window(key, config, config.batch)
         x, y = shard_batch((p.x, p.y))
-        pred_BxN = fc.predictions_at_x(model.apply(params, fc.interleave(x, y)))
+        pred_BxN = model.apply(params, fc.interleave(x, y), x_only=True)
         loss = jnp.mean(jnp.square(pred_BxN - y)) / (config.win_d * config.win_window)
         return loss, {}
 
@@ -333,39 +344,85 @@ def run(config, workdir: pathlib.Path) -> list[dict]:
     return rows
 
 
+FIDELITY = 0.05  # trained model vs a target learner: within 5% of the zero predictor's error (garg_linear)
+
+
+def _se4(*curves_k) -> float:
+    """4 × the combined Monte Carlo SE of several curve values (unpaired: an upper bound here, the
+    values come from the same prompts and are positively correlated)."""
+    return 4 * float(np.sqrt(sum(c.sem[k] ** 2 for c, k in curves_k)))
+
+
 def _rows(config, dyn_rel, dyn_raw, nu_N, win_curves, label_curves) -> list[dict]:
+    """Claims: the dynamics transformer against exact least squares once it is exact (k ≥ d; below d
+    least squares is a baseline, not the optimum: informational), least squares exact from d
+    (float64 round-off), copy-last against its closed form (4 SE); the window transformer no worse
+    than the best baseline; with randomized labels, degrading less than affine least squares, and at
+    p = 1 not beating the zero predictor (the Bayes predictor there). Trained-model tolerances: 5% of
+    the zero predictor's error at that k (garg_linear's 0.05)."""
     d, n, dw = config.dyn_d, config.dyn_points, config.win_d * config.win_window
     tf, ls, cp = dyn_rel["transformer"], dyn_rel["transition least squares"], dyn_rel["copy last state x̂ = x_t"]
+    zero = dyn_rel["zero"]
     rows = []
     for k in sorted({1, d - 1, d, n - 1} - {0}):
         exact = ls.mean[k] < 1e-9   # round-off (float64): compare with 0 so that rel_err is the absolute error
+        claim = dict(tol=FIDELITY * zero.mean[k], claim="at_most",
+                     why="fidelity target (as garg_linear): within 5% of the zero predictor's error of the exact "
+                         "learner") if k >= d else {}
         rows.append(row(f"dynamics: transformer error / E‖x_(k+1)‖² at k={k} vs transition least squares",
-                        0.0 if exact else ls.mean[k], tf.mean[k], "baseline",
+                        0.0 if exact else ls.mean[k], tf.mean[k], "baseline", **claim,
                         note=f"transformer 90% band [{tf.lo[k]:.3g}, {tf.hi[k]:.3g}]; copy-last {cp.mean[k]:.3g}; "
-                        f"zero = 1" + (f"; least squares exact (measured {ls.mean[k]:.1e})" if exact else "")))
+                        f"zero {zero.mean[k]:.3g}" + (f"; least squares exact (measured {ls.mean[k]:.1e})" if exact
+                                                      else "") + ("" if k >= d else
+                        "; informational: below d transitions least squares is underdetermined, not the optimum")))
+    noiseless = config.dyn_noise_std == 0
     rows.append(row(f"dynamics: least squares error / E‖x_(k+1)‖², k = {d}..{n - 1} (max)", 0.0,
-                    float(np.max(ls.mean[d:])), "theory", note="noiseless: exact from d transitions (float64)"
-                    if config.dyn_noise_std == 0 else "noisy run: not 0 (noise floor)"))
+                    float(np.max(ls.mean[d:])), "theory", tol=1e-9 if noiseless else None, claim="at_most",
+                    why="float64 round-off of the transition solve (≈ eps·cond², measured ≤ 1e-12)" if noiseless else "",
+                    note="noiseless: exact from d transitions (float64)" if noiseless
+                    else "noisy run: not 0 (noise floor); informational"))
     raw_cp, raw_zero = dyn_raw["copy last state x̂ = x_t"].mean * d, dyn_raw["zero"].mean * d
     k = d
     rows.append(row(f"dynamics: copy-last error E‖x_(k+1) − x_k‖² at k={k} vs ν_k + ν_(k−1)",
                     raw_zero[k] + raw_zero[k - 1], raw_cp[k], "theory",
+                    tol=d * _se4((dyn_raw["copy last state x̂ = x_t"], k), (dyn_raw["zero"], k), (dyn_raw["zero"], k - 1)),
+                    why="4 Monte Carlo SE (the three means combined)",
                     note="W → −W symmetry: E x_kᵀ W x_k = 0 (same eval prompts)"))
     cb = {m: c for m, c in win_curves.items() if m not in ("transformer", "zero")}
     tfw = win_curves["transformer"]
     for k in sorted({dw, config.win_points // 2, config.win_points - 1}):
         best = min(cb, key=lambda m: cb[m].mean[k])
         rows.append(row(f"window: transformer error/(d·w) at k={k} vs {best}", cb[best].mean[k], tfw.mean[k],
-                        "baseline", note=f"band [{tfw.lo[k]:.3g}, {tfw.hi[k]:.3g}]; "
+                        "baseline", tol=FIDELITY * win_curves["zero"].mean[k], claim="at_most",
+                        why="no worse than the best baseline at this k, within 5% of the zero predictor's error "
+                            "(the fidelity target of garg_linear)",
+                        note=f"band [{tfw.lo[k]:.3g}, {tfw.hi[k]:.3g}]; "
                         + "; ".join(f"{m} {c.mean[k]:.3g}" for m, c in cb.items())))
     k = config.win_points - 1
+    t0, l0 = label_curves[0.0]["transformer"], label_curves[0.0][AFFINE_LS]
     for frac, cs in label_curves.items():
-        t, lsq = cs["transformer"], cs[AFFINE_LS]
-        rows.append(row(f"labels p={frac:g}: transformer error/(d·w) at k={k} vs {AFFINE_LS}",
-                        lsq.mean[k], t.mean[k], "baseline",
-                        note=f"band [{t.lo[k]:.3g}, {t.hi[k]:.3g}]; zero {cs['zero'].mean[k]:.3g}; 3-NN "
-                        f"{cs['3-NN on windows'].mean[k]:.3g}; affine least squares k→∞ limit "
-                        f"{affine_ls_limit(frac):.3g} (+ an estimation term at finite k)"))
+        t, lsq, z = cs["transformer"], cs[AFFINE_LS], cs["zero"]
+        common = (f"band [{t.lo[k]:.3g}, {t.hi[k]:.3g}]; {AFFINE_LS} {lsq.mean[k]:.3g} (p=0: {l0.mean[k]:.3g}); "
+                  f"zero {z.mean[k]:.3g}; 3-NN {cs['3-NN on windows'].mean[k]:.3g}; affine least squares k→∞ "
+                  f"limit {affine_ls_limit(frac):.3g} (+ an estimation term at finite k)")
+        if frac == 0:
+            rows.append(row(f"labels p=0: transformer error/(d·w) at k={k} (clean level)", lsq.mean[k], t.mean[k],
+                            "baseline", note="informational: the reference for p > 0 (its claim is the window row); "
+                            + common))
+        elif frac < 1:
+            rows.append(row(f"labels p={frac:g}: transformer error/(d·w) at k={k} vs its p=0 error + "
+                            f"{AFFINE_LS}'s increase", t0.mean[k] + lsq.mean[k] - l0.mean[k], t.mean[k], "baseline",
+                            tol=_se4((t, k), (t0, k), (lsq, k), (l0, k)), claim="at_most",
+                            why="the paper: performance deteriorates 'not to the extent one might expect', read as "
+                                "less than least squares' own increase; 4 Monte Carlo SE",
+                            note="rewritten: affine least squares' error is not a target for the transformer at p > 0; "
+                                 "its increase from p = 0 is. " + common))
+        else:
+            rows.append(row(f"labels p=1: transformer error/(d·w) at k={k} vs the zero predictor", z.mean[k],
+                            t.mean[k], "baseline", tol=_se4((t, k), (z, k)), claim="at_least",
+                            why="every label is noise: E[y | context] = 0, so nothing beats the zero predictor "
+                                "(the Bayes predictor here); 4 Monte Carlo SE",
+                            note="rewritten from 'vs affine least squares'. " + common))
     return rows
 
 

@@ -19,6 +19,13 @@ Expected: trained 1-layer ½MSE = best 1-step GD = 490/2376 ≈ 0.2062 (closed f
 reports ≈ 0.205), model cos ≥ 0.99, η*/N = 20/33 ≈ 0.606; trained K-layer ≈ GD++ < GD.
 Measured (quick, seed 0): 0.20626 (paired estimate, SE 2e-5), model cos 0.99993; K = 2, 3 trained
 0.1109, 0.0781 vs GD++ 0.1101, 0.0771 vs GD 0.1558, 0.1319; sine MLP+LSA 0.00153 vs MLP+GD 0.00167.
+Claims (`_rows`): 10, each with its tolerance — 4 SE of the run's own Monte Carlo estimates for
+everything with an exact answer (1-layer loss, line search η and loss, the interpolation midpoint,
+the OOD losses), the paper's model cos ≥ 0.99, and a fidelity target of 5% of the zero predictor's
+loss for the trained K-layer and sine models against their tuned counterparts (GD++; MLP + GD).
+Informational: the paper's 0.205 (its own MC value of L*; the closed form is the yardstick) and
+the preds diff. The documented quick numbers meet every claim (1-layer 1.5 SE; K = 3 off by 0.001,
+tolerance 0.021); the η and OOD SEs were added after that run, so those verdicts are not re-measured.
 """
 from __future__ import annotations
 
@@ -168,11 +175,24 @@ def _gdpp_loss(pr, eta, gamma, num_steps):
 
 
 def _paired_loss(apply, params, pr, y_ref):
-    """(½MSE, ½MSE − ½MSE_ref on the same prompts, SE of that difference)."""
+    """(½MSE, ½MSE − ½MSE_ref on the same prompts, SE of that difference, SE of the ½MSE itself)."""
     e = np.asarray(apply(params, pr.x_ctx, pr.y_ctx, pr.x_q), np.float64) - np.asarray(pr.y_q, np.float64)
     e_ref = np.asarray(y_ref, np.float64) - np.asarray(pr.y_q, np.float64)
     l, l_ref = 0.5 * np.mean(e**2, axis=1), 0.5 * np.mean(e_ref**2, axis=1)
-    return float(l.mean()), float((l - l_ref).mean()), float((l - l_ref).std(ddof=1) / math.sqrt(l.size))
+    return (float(l.mean()), float((l - l_ref).mean()), float((l - l_ref).std(ddof=1) / math.sqrt(l.size)),
+            float(l.std(ddof=1) / math.sqrt(l.size)))
+
+
+def _eta_se(c, pr, eta_star: float) -> float:
+    """Standard error of the line search's η̂ (on ``c.search_batch`` prompts): η̂ − η* ≈ −L̂′(η*)/L″ with
+    L″ exact (L is quadratic in η: a central difference of the closed form) and the per-prompt spread
+    of dℓ/dη = (ŷ − y)·ŷ/η (one step: ŷ ∝ η) taken from the prompts ``pr``."""
+    y_hat = np.asarray(gd_icl.gd_predictions(pr.x_ctx, pr.y_ctx, pr.x_q, eta=eta_star, num_steps=1))
+    dl = np.mean((y_hat - np.asarray(pr.y_q, np.float64)) * y_hat / eta_star, axis=1)
+    h = 0.1 * eta_star
+    curv = sum(w * gd_icl.one_step_gd_loss(eta_star + k * h, d=c.d, n_ctx=c.n_ctx, x_range=c.x_range,
+                                           w_scale=c.w_scale) for k, w in ((-1, 1), (0, -2), (1, 1))) / h**2
+    return float(dl.std(ddof=1) / math.sqrt(c.search_batch) / curv)
 
 
 def run(config, workdir: pathlib.Path) -> list[dict]:
@@ -224,9 +244,12 @@ def run(config, workdir: pathlib.Path) -> list[dict]:
     params_tf = state.params
     tf_fn = lambda xc, yc, xq: model.apply(params_tf, xc, yc, xq)  # noqa: E731
     final = gd_icl.compare_predictors(tf_fn, gd_fn, mt.x_ctx, mt.y_ctx, mt.x_q)
-    tf_loss, diff, diff_se = _paired_loss(apply, params_tf, ev, y_gd_ev)
+    tf_loss, diff, diff_se, _ = _paired_loss(apply, params_tf, ev, y_gd_ev)
     ts = np.linspace(0.0, 1.0, 11)
     interp = gd_icl.interpolation_losses(eval_loss, params_tf, params_gd, ts)
+    # tolerances: the paired SE of (midpoint − GD) on the eval prompts, the SE of the line search's η̂
+    mid_se = _paired_loss(apply, gd_icl.interpolated_params(params_tf, params_gd, 0.5), ev, y_gd_ev)[2]
+    eta_se = _eta_se(c, jax.tree.map(lambda a: a[: c.search_batch], ev), eta_star)
     lap("one_layer")
 
     # --- 2. K layers vs K steps of GD / GD++ ------------------------------------------------------
@@ -258,11 +281,11 @@ def run(config, workdir: pathlib.Path) -> list[dict]:
             pr = ood_sampler(jax.random.fold_in(k_ood, 100 * (kind == "input") + i),
                              a if kind == "input" else 1.0, a if kind == "weight" else 1.0)
             y_gd = gd_icl.gd_predictions(pr.x_ctx, pr.y_ctx, pr.x_q, eta=eta_star, num_steps=1)
-            l_tf, _, _ = _paired_loss(apply, params_tf, pr, y_gd)
+            l_tf, _, _, l_tf_se = _paired_loss(apply, params_tf, pr, y_gd)
             l_gd = float(np.mean(0.5 * (np.asarray(y_gd) - np.asarray(pr.y_q)) ** 2))
             exact = gd_icl.one_step_gd_loss(eta_star, d=c.d, n_ctx=c.n_ctx, x_range=c.x_range * (a if kind == "input" else 1),
                                             w_scale=c.w_scale * (a if kind == "weight" else 1))
-            pts.append((a, l_tf, l_gd, exact))
+            pts.append((a, l_tf, l_gd, exact, l_tf_se))
         ood[kind] = np.array(pts)
 
     lap("ood")
@@ -283,7 +306,8 @@ def run(config, workdir: pathlib.Path) -> list[dict]:
         sine["zero"] = float(0.5 * np.mean(np.asarray(sev.y_q) ** 2))
 
     lap("sine")
-    rows = _rows(c, eta_star, loss_star, search1, tf_loss, diff, diff_se, gd_ev_loss, final, interp, layer_res, ood, sine)
+    rows = _rows(c, eta_star, loss_star, search1, tf_loss, diff, diff_se, gd_ev_loss, final, interp, layer_res, ood, sine,
+                 se={"mid": mid_se, "eta": eta_se})
     _figures(c, workdir, hist, loss_star, gd_ev_loss, eta_star, ts, interp, layer_res, ood, sine)
     lap("figures")
     write_results(workdir, rows, experiment="vonoswald_gd", wall_s=time.time() - t_start,
@@ -292,33 +316,56 @@ def run(config, workdir: pathlib.Path) -> list[dict]:
     return rows
 
 
-def _rows(c, eta_star, loss_star, search1, tf_loss, diff, diff_se, gd_ev_loss, final, interp, layer_res, ood, sine):
+FIDELITY = 0.05  # trained model vs a tuned learner: within 5% of the zero predictor's loss (garg_linear's 0.05)
+
+
+def _rows(c, eta_star, loss_star, search1, tf_loss, diff, diff_se, gd_ev_loss, final, interp, layer_res, ood, sine,
+          *, se):
+    """Claims: the 1-layer LSA against the exact optimum (4 SE of the paired estimate), the line search
+    against the closed form (4 SE each), model cos ≥ 0.99 (the paper), the flat interpolation (4 paired
+    SE), the K-layer LSA and the sine model against their tuned counterparts (fidelity: 5% of the zero
+    predictor's loss), the OOD losses against GD's closed form (4 SE of the trained model's MC loss).
+    Informational: the paper's 0.205 (an MC number of the same optimum) and the preds diff."""
     cv = loss_star + diff  # control variate: trained − GD on the same prompts, plus the exact GD loss
+    zero = 0.5 * c.w_scale**2 * c.d * c.x_range**2 / 3  # ½E y² for x ~ U(−a, a)^d, w ~ N(0, s²I)
+    fid = FIDELITY * zero
+    fid_why = f"fidelity target (as garg_linear): within 5% of the zero predictor's ½MSE {zero:.4g}"
     rows = [
-        row("1-layer LSA ½MSE vs best 1-step GD (closed form)", loss_star, cv, "theory",
+        row("1-layer LSA ½MSE vs best 1-step GD (closed form)", loss_star, cv, "theory", tol=4 * diff_se,
+            why="4 Monte Carlo SE of the paired estimate L* + (L_TF − L_GD)",
             note=f"paired estimate L* + (L_TF − L_GD) on {c.eval_batch} prompts, SE {diff_se:.1e}; "
                  f"raw eval {tf_loss:.4f} (GD on the same prompts {gd_ev_loss:.4f})"),
-        row("1-layer LSA ½MSE vs paper", PAPER_LOSS, cv, "paper", note="the paper's trained LSA ≈ 0.205"),
-        row("best 1-step GD η (MC line search) vs closed form", eta_star, search1.eta, "theory",
-            note=f"η on the mean loss; η/N = {eta_star / c.n_ctx:.4f}; search on {c.search_batch} prompts"),
-        row("best 1-step GD ½MSE (MC) vs closed form", loss_star, search1.loss, "theory",
-            note=f"MC SE {search1.loss_se:.1e}"),
-        row("model cos (trained vs GD, ∂ŷ/∂x_q)", 1.0, final["model_cos"], "paper", note="paper: ≥ 0.99"),
-        row("preds diff mean|ŷ_TF − ŷ_GD|", 0.0, final["preds_diff"], "paper", note="absolute error; ŷ scale ≈ 0.6"),
-        row("interpolated weights (t = 0.5) ½MSE vs GD", gd_ev_loss, float(interp[5]), "paper",
+        row("1-layer LSA ½MSE vs paper", PAPER_LOSS, cv, "paper",
+            note="informational: the paper's ≈ 0.205 is its own Monte Carlo value of the same optimum, 0.6% below "
+                 "the exact L* = 490/2376; the claim is the closed-form row above"),
+        row("best 1-step GD η (MC line search) vs closed form", eta_star, search1.eta, "theory", tol=4 * se["eta"],
+            why="4 SE of the line search's η̂ (delta method: spread of dℓ/dη at η* over the curvature L″)",
+            note=f"η on the mean loss; η/N = {eta_star / c.n_ctx:.4f}; search on {c.search_batch} prompts; "
+                 f"SE {se['eta']:.2g}"),
+        row("best 1-step GD ½MSE (MC) vs closed form", loss_star, search1.loss, "theory", tol=4 * search1.loss_se,
+            why="4 Monte Carlo SE (independent prompts)", note=f"MC SE {search1.loss_se:.1e}"),
+        row("model cos (trained vs GD, ∂ŷ/∂x_q)", 1.0, final["model_cos"], "paper", tol=0.01, claim="at_least",
+            why="the paper: model cos ≥ 0.99 after training", note="paper: ≥ 0.99"),
+        row("preds diff mean|ŷ_TF − ŷ_GD|", 0.0, final["preds_diff"], "paper",
+            note="informational (the paper plots it, no threshold; the loss rows carry the claim); ŷ scale ≈ 0.6"),
+        row("interpolated weights (t = 0.5) ½MSE vs GD", gd_ev_loss, float(interp[5]), "paper", tol=4 * se["mid"],
+            why="4 SE of the paired difference (midpoint − GD) on the same eval prompts",
             note="same eval prompts; flat interpolation = trained and constructed weights agree up to gauge"),
     ]
     for K, r in layer_res.items():
         if K > 1:
-            rows.append(row(f"{K}-layer LSA ½MSE vs {K}-step GD++", r["gdpp"], r["tf"], "baseline",
-                            note=f"GD {r['gd']:.4f} (η {r['eta_gd']:.2f}); GD++ η {r['eta_gdpp']:.2f}, "
-                                 f"γ {r['gamma_gdpp']:.2f}; shared={c.shared}"))
+            rows.append(row(f"{K}-layer LSA ½MSE vs {K}-step GD++", r["gdpp"], r["tf"], "baseline", tol=fid,
+                            why=fid_why, note=f"GD {r['gd']:.4f} (η {r['eta_gd']:.2f}); GD++ η {r['eta_gdpp']:.2f}, "
+                                              f"γ {r['gamma_gdpp']:.2f}; shared={c.shared}"))
     for kind in ood:
-        a, l_tf, l_gd, exact = ood[kind][-1]
+        a, l_tf, l_gd, exact, l_se = ood[kind][-1]
         rows.append(row(f"OOD {kind} scale α={a:g}: 1-layer LSA ½MSE vs GD (closed form)", exact, l_tf, "theory",
-                        note=f"GD on the same prompts {l_gd:.4g}"))
+                        tol=4 * l_se, why="4 Monte Carlo SE of the trained model's loss (heavy-tailed at large α)",
+                        note=f"GD on the same prompts {l_gd:.4g}; MC SE {l_se:.2g}"))
     if sine:
         rows.append(row("sine: MLP + LSA ½MSE vs MLP + GD", sine["MLP + GD"][1], sine["MLP + LSA"][1], "baseline",
+                        tol=FIDELITY * sine["zero"], why="fidelity target (as garg_linear): within 5% of the zero "
+                                                         f"predictor's ½MSE {sine['zero']:.4g}",
                         note=f"zero predictor {sine['zero']:.4f}"))
     return rows
 

@@ -8,6 +8,14 @@ Command: `ictl run zfb_dynamics` (`--config.scale=paper` for the long, large-bat
 Runtime: ≈ 30 s quick on 2 CPU cores.
 Expected: L* = d(d+1)/(2(N+d+1)) = 0.576923 for d = 5, N = 20, Λ = I; the trained population
 loss within 2% of it; GD on the population loss on top of the ODE (O(lr) apart); uU → Γ⁻¹.
+Claims (`result_rows`): the closed forms (float64), the MC value of L* (4 SE), the SGD-trained loss
+(2%) and its V error (2%, the preconditioner target of mahankali_onestep), GD vs the ODE (twice the
+Richardson estimate of Euler's error, lr vs lr/2; the crossing time also to one logging interval),
+the ODE's invariant (100 × rtol); the SGD run's off-subspace weight is informational.
+Measured (quick, seed 0; 35 s CPU, 6 min 43 s wall under a load average of 14): L* MC
+0.58249 ± 0.0039 (1.4 SE); SGD loss 0.577055 (+0.02%), V error 0.0083, off-subspace 0.010; GD vs
+ODE max 0.0221 (Richardson 0.0224, tolerance 0.045), at t1 1.8e-7 (float32 floor 4.4e-6); time to
+ε 1.900 vs 1.857 (tolerance 0.101); drift 8.8e-14. All 8 claims reproduced.
 """
 from __future__ import annotations
 
@@ -67,6 +75,58 @@ def _ode_at(traj, t):
     return np.interp(t, traj.t, traj.loss), np.interp(t, traj.t, traj.V_err)
 
 
+LOSS_TARGET = 0.02   # the trained population loss within 2% of L* (the module docstring's target)
+V_TARGET = 0.02      # ‖uU − Γ⁻¹‖/‖Γ⁻¹‖ (mahankali_onestep's 2% for the same preconditioner, A = V/N)
+F32_ULPS = 64        # float32 round-off floor of a float32 loss value, in units of ε₃₂·L
+
+
+def result_rows(c, lam, l_star, mc, sgd, gd, traj, ode_on_gd, t_eps, euler, euler_t_eps) -> list[dict]:
+    """Claims with their tolerances: the closed forms (float64 round-off), the MC value of L* (4 SE),
+    the SGD-trained LSA against L* (the 2% loss target) and Γ⁻¹ (2%, as in mahankali_onestep),
+    GD on the population loss against the ODE
+    (twice the Richardson estimate of Euler's error, at least the float32 round-off of the loss;
+    the time to ε also to one logging interval), and the ODE's invariant (100 × the solver's rtol).
+    The SGD run's weight off the (u, U) subspace is informational (ZFB's zero is for the flow)."""
+    d, N = c.d, c.N
+    mc_mean, mc_se, mc_n = mc
+    t_eps_ode, t_eps_gd = t_eps
+    f32 = F32_ULPS * float(np.finfo(np.float32).eps) * l_star
+    res = c.lr * c.eval_every
+    rows = []
+    if np.allclose(lam, np.eye(d)):
+        rows.append(row("L* closed form vs d(d+1)/(2(N+d+1)) (Λ = I)", d * (d + 1) / (2 * (N + d + 1)), l_star, "paper",
+                        tol=1e-12, tol_kind="rel", why="two closed forms of one number: float64 round-off"))
+    rows += [
+        row("L* by Monte Carlo: LSA at (u, U) = (1, Γ⁻¹) on sampled prompts", l_star, mc_mean, "theory",
+            tol=4 * mc_se, why="4 Monte Carlo standard errors",
+            note=f"MC standard error {mc_se:.2g} ({mc_n * c.batch} prompts)"),
+        row("SGD-trained LSA: population loss at t1", l_star, sgd["pop"][-1], "theory", tol=LOSS_TARGET, tol_kind="rel",
+            why="the experiment's target: the trained population loss within 2% of L*"),
+        row("SGD-trained LSA: ‖uU − Γ⁻¹‖/‖Γ⁻¹‖ at t1", 0.0, sgd["v_err"][-1], "theory", tol=V_TARGET,
+            claim="at_most", why="the project's target for a trained preconditioner: within 2% (as mahankali_onestep's "
+                                 "‖A − A*‖/‖A*‖; A ∝ V)"),
+        row("SGD-trained LSA: weight off the (u, U) subspace at t1", 0.0, sgd["off"][-1], "theory",
+            note="informational: ZFB's zero holds along the gradient flow (exact gradients); SGD noise leaves a little"),
+        row("GD on population loss: L at t1 vs ODE", float(traj.loss[-1]), gd["pop"][-1], "theory",
+            tol=max(2 * float(euler[-1]), f32),
+            why=f"2 × Euler's error at t1 (Richardson, lr vs lr/2) or the float32 round-off {F32_ULPS}·ε₃₂·L*, "
+                "whichever is larger", note=f"Euler error estimate at t1 {euler[-1]:.2g}"),
+        row("GD on population loss: max_k |L_GD(k·lr) − L_ODE(k·lr)|", 0.0, float(np.max(np.abs(gd["pop"] - ode_on_gd))),
+            "theory", tol=max(2 * float(np.max(euler)), f32), claim="at_most",
+            why="2 × the Richardson estimate of Euler's global error (GD at lr vs lr/2, float64; first order)",
+            note=f"Euler discretisation error, O(lr = {c.lr}); Richardson estimate {np.max(euler):.3g}"),
+        row(f"time to reach L*·(1+{c.eps_frac:g}): GD vs ODE", t_eps_ode, t_eps_gd, "theory",
+            tol=res + 2 * euler_t_eps,
+            why=f"one logging interval lr·eval_every = {res:g} (GD's crossing is read off logged losses) + 2 × "
+                "Euler's shift of the crossing (Richardson)",
+            note=f"GD time resolution {res:g}; Euler shift estimate {euler_t_eps:.2g}"),
+        row("ODE: drift of the conserved u² − ‖U‖_F² over [0, t1], relative to u(t1)²", 0.0,
+            float(np.max(np.abs(traj.conserved - traj.conserved[0])) / traj.u[-1] ** 2), "theory", tol=1e-8,
+            claim="at_most", why="100 × the solver's rtol 1e-10 (dopri5, float64)"),
+    ]
+    return rows
+
+
 def run(c, workdir: pathlib.Path) -> list[dict]:
     workdir = pathlib.Path(workdir)
     lam = lt.lam_from_config(c.lam, c.d)
@@ -101,6 +161,14 @@ def run(c, workdir: pathlib.Path) -> list[dict]:
     mc = np.array([float(mc_loss_fn(p_star, jax.random.fold_in(k_mc, i))[0]) for i in range(50)])
     mc_mean, mc_se = mc.mean(), mc.std(ddof=1) / np.sqrt(mc.size)
 
+    # Euler's error of GD on the flow, estimated (float64) by Richardson: GD at lr and lr/2 on the same
+    # t grid; first order, so e(lr) ≈ 2 |L_lr − L_{lr/2}| (and likewise for the time to ε).
+    gd64 = zfb.gd_on_population(float(u0), U0, lam, c.N, lr=c.lr, num_steps=steps)
+    gd64_half = zfb.gd_on_population(float(u0), U0, lam, c.N, lr=c.lr / 2, num_steps=2 * steps, save_every=2)
+    euler = 2 * np.abs(np.asarray(gd64.loss) - np.asarray(gd64_half.loss))
+    shift = zfb.time_to_eps(gd64, eps) - zfb.time_to_eps(gd64_half, eps)
+    euler_t_eps = 2 * abs(shift) if np.isfinite(shift) else 0.0  # never reached: the row fails on inf anyway
+
     curves = {}
     for name, r in runs.items():
         h = [x for x in r["hist"] if "pop_loss" in x]
@@ -132,25 +200,8 @@ def run(c, workdir: pathlib.Path) -> list[dict]:
     ax.legend(fontsize=7)
     save_figure(fig, workdir, "dynamics")
 
-    d, N = c.d, c.N
-    rows = []
-    if np.allclose(lam, np.eye(d)):
-        rows.append(row("L* closed form vs d(d+1)/(2(N+d+1)) (Λ = I)", d * (d + 1) / (2 * (N + d + 1)), l_star, "paper"))
-    rows += [
-        row("L* by Monte Carlo: LSA at (u, U) = (1, Γ⁻¹) on sampled prompts", l_star, mc_mean, "theory",
-            note=f"MC standard error {mc_se:.2g} ({mc.size * c.batch} prompts)"),
-        row("SGD-trained LSA: population loss at t1", l_star, sgd["pop"][-1], "theory"),
-        row("SGD-trained LSA: ‖uU − Γ⁻¹‖/‖Γ⁻¹‖ at t1", 0.0, sgd["v_err"][-1], "theory"),
-        row("SGD-trained LSA: weight off the (u, U) subspace at t1", 0.0, sgd["off"][-1], "theory",
-            note="ZFB: zero along gradient flow; SGD noise leaves a little"),
-        row("GD on population loss: L at t1 vs ODE", float(traj.loss[-1]), gd["pop"][-1], "theory"),
-        row("GD on population loss: max_k |L_GD(k·lr) − L_ODE(k·lr)|", 0.0, float(np.max(np.abs(gd["pop"] - ode_on_gd))),
-            "theory", note=f"Euler discretisation error, O(lr = {c.lr})"),
-        row(f"time to reach L*·(1+{c.eps_frac:g}): GD vs ODE", t_eps_ode, t_eps_gd, "theory",
-            note=f"GD time resolution {c.lr * c.eval_every:g}"),
-        row("ODE: drift of the conserved u² − ‖U‖_F² over [0, t1], relative to u(t1)²", 0.0,
-            float(np.max(np.abs(traj.conserved - traj.conserved[0])) / traj.u[-1] ** 2), "theory"),
-    ]
+    rows = result_rows(c, lam, l_star, (mc_mean, mc_se, mc.size), sgd, gd, traj, ode_on_gd, (t_eps_ode, t_eps_gd),
+                       euler, euler_t_eps)
     write_results(workdir, rows, timings={"ode_solve_s": ode_seconds, **{f"train_{k}_s": v["seconds"] for k, v in runs.items()}},
                   steps=steps)
     return rows

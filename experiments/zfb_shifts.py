@@ -14,6 +14,13 @@ O(1/N²) floor as M grows — except covariate shift, whose risk stays at a bias
 tr((Λ′Γ⁻¹ − I)Λ′(Γ⁻¹Λ′ − I)) as M → ∞; with random covariances the LSA keeps an error floor
 (d(m1 − m2²/m3) as N, M → ∞) that OLS does not have. The trained predictor equals
 x_qᵀ Γ⁻¹ (1/M) Σ y_i x_i.
+Claims: each risk (5 shifts × M ∈ {N, max M}) within 4 Monte Carlo SE of the theory for Γ⁻¹ (V*
+for random Λ); the covariate limit equal to the bias formula (float64); the trained V and its
+predictions within 2% of Γ⁻¹ / V* (the preconditioner target of mahankali_onestep).
+Measured (quick, seed 0; 245 s CPU, 44 min wall under a load average of 14–20): risks 0.1–2.5 SE
+from theory (largest: query shift at M = 640, 0.6038 vs 0.6248, SE 0.0085), bias equal to all
+digits (23.9115), V vs V* 0.59%, ŷ vs the formula 0.51% / 0.55% (M = 20 / 80), V vs Γ⁻¹ 0.43%:
+all 15 claims reproduced.
 """
 from __future__ import annotations
 
@@ -38,6 +45,7 @@ from models.lsa import effective_V
 REPRODUCE = True
 TITLE = "ZFB 2023: ICL risk vs prompt length under task / query / covariate shift and random covariances"
 SHIFTS = ("none", "task", "query", "covariate", "random_cov")
+V_TARGET = 0.02  # trained V (and its predictions) within 2% of Γ⁻¹ / V* (mahankali_onestep's preconditioner target)
 
 
 def get_config(scale: str = "quick") -> ml_collections.ConfigDict:
@@ -218,18 +226,24 @@ def run(c, workdir: pathlib.Path) -> list[dict]:
             else:
                 own = zfb_risk.icl_risk(v_iso, M=Ms[j], **settings[name])
             rows.append(row(f"{name}: trained LSA risk at M = {Ms[j]}", cv["theory"][j], cv["model"][j], "theory",
+                            tol=4 * cv["se"][j], why="4 Monte Carlo standard errors of the trained model's risk",
                             note=f"MC SE {cv['se'][j]:.2g}; theory at the trained V itself: {own:.4g}"))
     cov_lam = _linspace_diag(c.covariate_lam, d)
     bias = float(np.trace((cov_lam @ ginv - np.eye(d)) @ cov_lam @ (ginv @ cov_lam - np.eye(d))))
     rows.append(row("covariate shift: M → ∞ risk vs the bias tr((Λ′Γ⁻¹ − I)Λ′(Γ⁻¹Λ′ − I))", bias,
-                    curves["covariate"]["limit"], "theory"))
+                    curves["covariate"]["limit"], "theory", tol=1e-9, tol_kind="rel",
+                    why="two closed forms of one number (icl_risk_limit, the bias formula): float64 round-off"))
+    v_why = "the project's target for a trained preconditioner: within 2% (as mahankali_onestep; A ∝ V)"
     rows.append(row("random Λ: trained LSA effective V vs fixed point V* (rel. Frobenius)", 0.0,
-                    float(np.linalg.norm(np.asarray(effective_V(params_r)) - fixed.V) / np.linalg.norm(fixed.V)), "theory"))
+                    float(np.linalg.norm(np.asarray(effective_V(params_r)) - fixed.V) / np.linalg.norm(fixed.V)), "theory",
+                    tol=V_TARGET, claim="at_most", why=v_why))
     for m in (N, 4 * N):
         rows.append(row(f"trained ŷ vs x_qᵀ Γ⁻¹ (1/M) Σ y_i x_i at M = {m} (relative RMS)", 0.0,
-                        predictor_match(model, params, jax.random.fold_in(key, 7 + m), M=m, d=d, N=N), "theory"))
+                        predictor_match(model, params, jax.random.fold_in(key, 7 + m), M=m, d=d, N=N), "theory",
+                        tol=V_TARGET, claim="at_most", why=v_why + ", seen in the predictions"))
     rows.append(row("trained LSA effective V vs Γ⁻¹ (rel. Frobenius)", 0.0,
-                    float(np.linalg.norm(np.asarray(effective_V(params)) - ginv) / np.linalg.norm(ginv)), "theory"))
+                    float(np.linalg.norm(np.asarray(effective_V(params)) - ginv) / np.linalg.norm(ginv)), "theory",
+                    tol=V_TARGET, claim="at_most", why=v_why))
     write_results(workdir, rows, M=Ms, curves={k: {kk: np.asarray(vv).tolist() for kk, vv in v.items()}
                                                 for k, v in curves.items()})
     return rows

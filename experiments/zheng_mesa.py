@@ -16,6 +16,12 @@ the in-context OLS loss with η_t = ab/(t−1) (off-pattern weights stay at MC-n
 relative error E‖ŷ−x‖²/E‖x‖² at position t is c*²(m6 + (d−1)m2m4/(t−1))/m2 − 2c*m4/m2 + 1,
 → 1 − m4²/(m2 m6) as T, t → ∞: 0 for Rademacher, 0.4 for Gaussian; the prediction/label
 ratio of one sequence tends to c*|x_{1j}|².
+Claims (6 rows per symmetric distribution, tolerances in `_rows`): ab's limit within 4 × its SGD
+fluctuation, the half-time within one logging interval, the relative errors and E[ŷx̄]/E|x|²
+within 4 Monte Carlo SE (the ratio's SE by the delta method over sequences, plus the ab
+fluctuation), and the distance to one-step GD below the error rows' resolution. The documented
+quick numbers (docs/zheng.md: Gaussian errors 0.7–0.8 SE off, the Gaussian ratio 0.5837 vs 0.5697
+with an estimated SE ≈ 0.011) put all 12 claims at "reproduced" (not re-run since the SEs were added).
 """
 from __future__ import annotations
 
@@ -115,14 +121,17 @@ def _evaluate(config, model, params, dist: str, c_star: float, key):
         y, tgt = y_full[:, 1:-1], x[:, 2:]
         e_BxS = jnp.mean(jnp.abs(y - tgt) ** 2, -1)
         th_BxS = jnp.mean(jnp.abs(one_step_gd_reference(x, c_star)[:, 1:-1] - tgt) ** 2, -1)
+        c_B = jnp.sum(jnp.real(y * jnp.conj(tgt)), axis=(1, 2))  # per sequence, for the ratio's SE
+        n_B = jnp.sum(jnp.abs(tgt) ** 2, axis=(1, 2))
         sums = {"err": e_BxS.sum(0), "err2": (e_BxS**2).sum(0), "theory": th_BxS.sum(0),
                 "cross": jnp.sum(jnp.real(y * jnp.conj(tgt))), "norm": jnp.sum(jnp.abs(tgt) ** 2),
                 "gd_dist": jnp.sum(jnp.abs(y - one_step_gd_reference(x, ab)[:, 1:-1]) ** 2)}
-        return sums, x, y_full
+        return sums, (c_B, n_B), x, y_full
 
-    acc = None
+    acc, per_seq = None, []
     for i in range(config.eval_batch // config.eval_chunk):
-        sums, x, y = chunk(jax.random.fold_in(key, i))
+        sums, cn, x, y = chunk(jax.random.fold_in(key, i))
+        per_seq.append(np.asarray(cn, np.float64))
         sums = jax.tree.map(lambda v: np.asarray(v, np.float64), sums)
         acc = sums if acc is None else jax.tree.map(np.add, acc, sums)
         if i == 0:
@@ -130,8 +139,12 @@ def _evaluate(config, model, params, dist: str, c_star: float, key):
     N = config.eval_batch
     mean = acc["err"] / N
     se = np.sqrt(np.maximum(acc["err2"] / N - mean**2, 0) / N)
+    # ratio of means R = c̄/n̄ over sequences; delta method: SE(R) ≈ std(c − R n) / (√N n̄)
+    c_B, n_B = np.concatenate(per_seq, axis=1)
+    r_ = c_B.mean() / n_B.mean()
+    ratio_se = float((c_B - r_ * n_B).std(ddof=1) / np.sqrt(N) / n_B.mean())
     return {"err": mean, "err_se": se, "theory_mc": acc["theory"] / N, "ratio": float(acc["cross"] / acc["norm"]),
-            "gd_dist": float(acc["gd_dist"] / acc["norm"]), "first": first}
+            "ratio_se": ratio_se, "gd_dist": float(acc["gd_dist"] / acc["norm"]), "first": first}
 
 
 def run(config, workdir: pathlib.Path) -> list[dict]:
@@ -175,25 +188,40 @@ def _crossing(tau, c, level: float) -> float:
 
 
 def _rows(config, dist, m, c_star, tau, traj, flow, ev, theory_err) -> list[dict]:
+    """The claims for a symmetric x₁ distribution. Tolerances: the SGD fluctuation of ab (std over the
+    averaging window: the final weights are one draw around the flow's limit), one logging interval
+    for the half-time, 4 Monte Carlo SE over the evaluation sequences (with the ab fluctuation
+    propagated for the ratio, ∂/∂c (c m4/m2) = m4/m2), and, for the distance to one-step GD, the
+    resolution of the error rows (4 of their SE: an off-GD part δ adds ≈ E‖δ‖²/E‖x‖² to the relative error)."""
     T = config.length
-    ab_end = float(np.mean(traj["ab"][-max(1, len(tau) // 10):]))
+    window = traj["ab"][-max(1, len(tau) // 10):]
+    ab_end, ab_sd = float(np.mean(window)), float(np.std(window, ddof=1)) if window.size > 1 else 0.0
     half = 0.5 * (config.a0 * config.b0 + c_star)
     tau_half_th = _crossing(np.asarray(flow.tau), np.asarray(flow.c), half)
     err, se, gd = ev["err"] / m.m2, ev["err_se"] / m.m2, ev["theory_mc"] / m.m2  # relative to E|x_{t+1,j}|² = m2
     law = "c*²(m6+(d−1)m2m4/(t−1))/m2 − 2c*m4/m2 + 1"
+    dtau = config.lr * config.log_every
+    mc4 = "4 Monte Carlo standard errors over the evaluation sequences"
+    ratio_tol = 4 * float(np.hypot(ev["ratio_se"], m.m4 / m.m2 * ab_sd))
     return [
-        row(f"ab limit c* ({dist})", c_star, ab_end, "theory",
-            note="mean of the last 10% of logged ab; c* = m4/(m6 + (d−1)m2m4 H_{T−2}/(T−2))"),
-        row(f"flow half-time τ½ ({dist})", tau_half_th, _crossing(tau, traj["ab"], half), "theory",
+        row(f"ab limit c* ({dist})", c_star, ab_end, "theory", tol=4 * ab_sd if window.size > 1 else None,
+            why="4 × the SGD fluctuation of ab (std over the last 10% of logged steps); the flow has converged",
+            note=f"mean of the last 10% of logged ab (std {ab_sd:.2g}); c* = m4/(m6 + (d−1)m2m4 H_{{T−2}}/(T−2))"),
+        row(f"flow half-time τ½ ({dist})", tau_half_th, _crossing(tau, traj["ab"], half), "theory", tol=dtau,
+            why=f"one logging interval lr·log_every = {dtau:g} (ab is read every {config.log_every} steps; "
+                "covers Euler's O(lr) time shift)",
             note="τ where ab crosses (a0b0 + c*)/2; τ = lr·step"),
-        row(f"rel. error at t={T - 1} ({dist})", theory_err[T - 3], err[T - 3], "theory",
+        row(f"rel. error at t={T - 1} ({dist})", theory_err[T - 3], err[T - 3], "theory", tol=4 * se[T - 3], why=mc4,
             note=f"MC SE {se[T - 3]:.2g}; one-step GD (c*) on the same sequences {gd[T - 3]:.4g}; {law}"),
-        row(f"rel. error at t={config.eval_length - 1} ({dist})", theory_err[-1], err[-1], "theory",
-            note=f"past the training length; MC SE {se[-1]:.2g}; one-step GD (c*) on the same sequences "
-                 f"{gd[-1]:.4g}"),
-        row(f"E[ŷ x̄]/E|x|² ({dist})", zheng.expected_ratio(c_star, m), ev["ratio"], "theory",
-            note="= c* m4/m2 at every t; pooled over positions"),
-        row(f"‖ŷ − ŷ_GD(ab)‖²/‖x‖² ({dist})", 0.0, ev["gd_dist"], "paper",
+        row(f"rel. error at t={config.eval_length - 1} ({dist})", theory_err[-1], err[-1], "theory", tol=4 * se[-1],
+            why=mc4, note=f"past the training length; MC SE {se[-1]:.2g}; one-step GD (c*) on the same sequences "
+                          f"{gd[-1]:.4g}"),
+        row(f"E[ŷ x̄]/E|x|² ({dist})", zheng.expected_ratio(c_star, m), ev["ratio"], "theory", tol=ratio_tol,
+            why=mc4 + " (per-sequence delta method) combined with the SGD fluctuation of ab",
+            note=f"= c* m4/m2 at every t; pooled over positions; MC SE {ev['ratio_se']:.2g}"),
+        row(f"‖ŷ − ŷ_GD(ab)‖²/‖x‖² ({dist})", 0.0, ev["gd_dist"], "paper", tol=4 * se[T - 3], claim="at_most",
+            why=f"below the resolution of the error rows (4 SE of the rel. error at t={T - 1}): an off-GD part "
+                "adds ≈ this to the relative error",
             note="trained LSA vs one GD step on the in-context OLS loss with η_t = ab/(t−1)"),
     ]
 

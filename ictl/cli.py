@@ -8,6 +8,11 @@
 
 Bad input (unknown experiment or key, wrong type, invalid value, a workdir in use or not
 empty) prints one line and exits with status 2 before anything is compiled or written.
+
+A job of N processes (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID, or
+ICTL_DISTRIBUTED=1 on a cluster jax detects) starts the same command on every process: each
+validates the config; process 0 alone locks and prepares the shared workdir and the others take
+its outcome (`ictl.multihost.primary_decides`), so a refused workdir exits 2 everywhere.
 """
 from __future__ import annotations
 
@@ -80,28 +85,40 @@ def _set_mesh_env(mesh: str | None) -> None:
 
 
 def execute(name: str, config, workdir: pathlib.Path) -> list[dict]:
-    """Runs one experiment in ``workdir`` under its lock, recording status and wall time."""
+    """Runs one experiment in ``workdir`` (its lock already held by process 0), recording status and
+    wall time in run.json (process 0)."""
+    from ictl.multihost import is_primary
     from ictl.train.loop import Diverged
 
     module = load_experiment(name)
     status_path = workdir / "run.json"
+    primary = is_primary()
     t0 = time.time()
-    with wd.Lock(workdir):
+    if primary:
         status_path.write_text(json.dumps({"status": "running", "started": t0}))
-        try:
-            rows = module.run(config, workdir)
-        except Diverged as e:
+    try:
+        rows = module.run(config, workdir)
+    except Diverged as e:
+        if primary:
             status_path.write_text(json.dumps({"status": "diverged", "step": e.step, "message": str(e)}))
-            raise
+        raise
+    if primary:
         status_path.write_text(json.dumps({"status": "done", "seconds": time.time() - t0}))
     return rows
 
 
 def _print_rows(name: str, rows) -> None:
-    print(f"{name}: {len(rows)} results")
+    from ictl.multihost import is_primary
+    from ictl.results import count_verdicts
+
+    if not is_primary():
+        return
+    c = count_verdicts(rows)
+    print(f"{name}: {len(rows)} results, {c['reproduced']} of {c['reproduced'] + c['not reproduced']} claims reproduced")
     for r in rows:
         rel = "" if r.get("rel_err") is None else f"  rel_err {r['rel_err']:.3g}"
-        print(f"  {r['quantity']}: measured {r['measured']:.6g}  expected {r['expected']:.6g} ({r['source']}){rel}")
+        print(f"  [{r.get('verdict', 'informational')}] {r['quantity']}: measured {r['measured']:.6g}  "
+              f"expected {r['expected']:.6g} ({r['source']}){rel}")
 
 
 def cmd_list(args) -> int:
@@ -121,27 +138,58 @@ def cmd_list(args) -> int:
 
 
 def cmd_run(args, overrides) -> int:
+    from ictl.multihost import is_primary, primary_decides
+
     module = load_experiment(args.experiment)
-    config = build_config(module, overrides)
+    config = build_config(module, overrides)  # every process validates (deterministic): bad input exits 2 everywhere
     workdir = pathlib.Path(args.workdir or pathlib.Path("runs") / args.experiment)
-    wd.check_new(workdir, overwrite=args.overwrite)
-    wd.prepare(workdir, overwrite=args.overwrite)
-    wd.save_config(workdir, args.experiment, config)
-    rows = execute(args.experiment, config, workdir)
+    lock = wd.Lock(workdir)
+
+    def setup():  # process 0; the others get its outcome (a refused workdir: the same one line)
+        lock.acquire()  # before the emptiness check: of two runs started together one gets the workdir
+        try:
+            wd.check_new(workdir, overwrite=args.overwrite)
+            wd.prepare(workdir, overwrite=args.overwrite)
+            wd.save_config(workdir, args.experiment, config)
+        except BaseException:
+            lock.release()
+            raise
+
+    try:
+        primary_decides(setup)
+        rows = execute(args.experiment, config, workdir)
+    finally:
+        lock.release()
     _print_rows(args.experiment, rows)
-    print(f"wrote {workdir}")
+    if is_primary():
+        print(f"wrote {workdir}")
     return 0
 
 
 def cmd_resume(args) -> int:
+    from ictl.multihost import primary_decides
+
     workdir = pathlib.Path(args.workdir)
-    wd.check_free(workdir)
-    name, config_dict = wd.load_config(workdir)
-    module = load_experiment(name)
-    config = ml_collections.ConfigDict(config_dict)
-    if getattr(module, "validate", None):
-        module.validate(config)
-    rows = execute(name, config, workdir)
+    lock = wd.Lock(workdir)
+
+    def setup():
+        wd.check_config(workdir)  # before locking: a wrong path is not created
+        lock.acquire(create_dir=False)
+        try:
+            return wd.load_config(workdir)
+        except BaseException:
+            lock.release()
+            raise
+
+    try:
+        name, config_dict = primary_decides(setup)
+        module = load_experiment(name)
+        config = ml_collections.ConfigDict(config_dict)
+        if getattr(module, "validate", None):
+            module.validate(config)
+        rows = execute(name, config, workdir)
+    finally:
+        lock.release()
     _print_rows(name, rows)
     return 0
 
@@ -155,8 +203,11 @@ def cmd_report(args) -> int:
         if not (d / "results.json").exists():
             raise ConfigError(f"workdir {d}: has no results.json; allowed: finished run workdirs")
     out = pathlib.Path(args.out or (dirs[0].parent / "report.html" if dirs else "runs/report.html"))
-    write_report(dirs, out)
-    print(f"report: {out.resolve()}")
+    from ictl.multihost import is_primary
+
+    if is_primary():
+        write_report(dirs, out)
+        print(f"report: {out.resolve()}")
     return 0
 
 
@@ -165,7 +216,7 @@ def reproduce_names(*, only: str | None = None, all_: bool = False) -> list[str]
     if only:
         if all_:
             raise ConfigError("--all: not together with --only (--only names the experiments to run)")
-        wanted = only.split(",")
+        wanted = list(dict.fromkeys(only.split(",")))  # a name given twice runs once (one workdir, one lock)
         for n in wanted:
             if n not in experiment_names():
                 raise ConfigError(f"--only={n!r}: allowed experiment names: {', '.join(experiment_names())}")
@@ -173,39 +224,58 @@ def reproduce_names(*, only: str | None = None, all_: bool = False) -> list[str]
     return [n for n in experiment_names() if all_ or getattr(load_experiment(n), "REPRODUCE", True)]
 
 
+def _reproduce_step(name: str, config, workdir: pathlib.Path, overwrite: bool) -> dict:
+    """Process 0: what to do with one experiment's workdir (done / resume / fresh), preparing it."""
+    run_json = workdir / "run.json"
+    done = (workdir / "results.json").exists() and run_json.exists() and \
+        json.loads(run_json.read_text()).get("status") == "done"
+    if done and not overwrite:
+        return {"action": "done"}
+    if (workdir / wd.CONFIG_FILE).exists() and not overwrite:
+        return {"action": "resume", "config": wd.load_config(workdir)[1]}
+    wd.prepare(workdir, overwrite=overwrite)
+    wd.save_config(workdir, name, config)
+    return {"action": "fresh"}
+
+
 def cmd_reproduce(args) -> int:
+    from contextlib import ExitStack
+
+    from ictl.multihost import is_primary, primary_decides
+
     root = pathlib.Path(args.root)
     names = reproduce_names(only=args.only, all_=args.all)
-    plans = []  # validate everything before running anything
-    for name in names:
-        module = load_experiment(name)
-        workdir = root / name
-        wd.check_free(workdir)
-        plans.append((name, build_config(module, []), workdir))
-    t_all = time.time()
-    for name, config, workdir in plans:
-        done = (workdir / "results.json").exists() and (workdir / "run.json").exists() and \
-            json.loads((workdir / "run.json").read_text()).get("status") == "done"
-        if done and not args.overwrite:
-            print(f"== {name}: already done in {workdir} (--overwrite to redo)")
-            continue
-        if (workdir / wd.CONFIG_FILE).exists() and not args.overwrite:
-            print(f"== {name}: resuming {workdir}")
-            config = ml_collections.ConfigDict(wd.load_config(workdir)[1])
-        else:
-            wd.prepare(workdir, overwrite=args.overwrite)
-            wd.save_config(workdir, name, config)
-            print(f"== {name}: running at quick scale in {workdir}")
-        t0 = time.time()
-        rows = execute(name, config, workdir)
-        _print_rows(name, rows)
-        print(f"   ({time.time() - t0:.0f} s)")
-    from ictl.report import write_report
+    plans = [(name, build_config(load_experiment(name), []), root / name) for name in names]  # validate all first
+    primary = is_primary()
+    say = print if primary else (lambda *a, **k: None)
+    with ExitStack() as locks:
+        def lock_all():  # process 0 holds every workdir's lock for the whole reproduction
+            for _, _, workdir in plans:
+                locks.enter_context(wd.Lock(workdir))
 
-    dirs = sorted(p for p in root.glob("*") if (p / "results.json").exists())
-    out = root / "report.html"
-    write_report(dirs, out)
-    print(f"reproduced {len(plans)} experiments in {time.time() - t_all:.0f} s; report: {out.resolve()}")
+        primary_decides(lock_all)
+        t_all = time.time()
+        for name, config, workdir in plans:
+            step = primary_decides(lambda: _reproduce_step(name, config, workdir, args.overwrite))
+            if step["action"] == "done":
+                say(f"== {name}: already done in {workdir} (--overwrite to redo)")
+                continue
+            if step["action"] == "resume":
+                say(f"== {name}: resuming {workdir}")
+                config = ml_collections.ConfigDict(step["config"])
+            else:
+                say(f"== {name}: running at quick scale in {workdir}")
+            t0 = time.time()
+            rows = execute(name, config, workdir)
+            _print_rows(name, rows)
+            say(f"   ({time.time() - t0:.0f} s)")
+    if primary:
+        from ictl.report import write_report
+
+        dirs = sorted(p for p in root.glob("*") if (p / "results.json").exists())
+        out = root / "report.html"
+        write_report(dirs, out)
+        print(f"reproduced {len(plans)} experiments in {time.time() - t_all:.0f} s; report: {out.resolve()}")
     return 0
 
 

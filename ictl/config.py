@@ -31,6 +31,14 @@ def check_ints_at_least_one(config, *keys: str) -> None:
         check(isinstance(v, int) and not isinstance(v, bool) and v >= 1, k, v, "an integer >= 1")
 
 
+def check_steps_per_call(config) -> None:
+    """config.steps_per_call: an integer >= 1 dividing config.log_every and config.ckpt_every."""
+    k = config.steps_per_call
+    check(isinstance(k, int) and not isinstance(k, bool) and k >= 1, "steps_per_call", k, "an integer >= 1")
+    for every in ("log_every", "ckpt_every"):
+        check(config[every] % k == 0, "steps_per_call", k, f"a divisor of {every}={config[every]}")
+
+
 def check_positive(config, *keys: str) -> None:
     """check(config[k] > 0, ...) for each key (rates, scales, σ)."""
     for k in keys:

@@ -59,6 +59,14 @@ def _boot_means(err_BxN, idx_RxB):
     return jax.lax.map(lambda idx_B: jnp.mean(err_BxN[idx_B], axis=0), idx_RxB, batch_size=50)
 
 
+def seed_band(curves: list[Curve]) -> Curve:
+    """Several seeds' curves → their mean, with lo/hi = the min and max over seeds (the seed band)
+    and sem = the standard error of the seed mean (std over seeds / √S)."""
+    m_SxN = np.stack([c.mean for c in curves])
+    sem = m_SxN.std(axis=0, ddof=1) / np.sqrt(len(curves)) if len(curves) > 1 else np.zeros(m_SxN.shape[1])
+    return Curve(m_SxN.mean(axis=0), m_SxN.min(axis=0), m_SxN.max(axis=0), sem)
+
+
 def transformer_predictions(
     apply: Callable[[Float[Array, "B T d"]], Float[Array, "B T"]],
     x_BxNxd: Float[Array, "B N d"],

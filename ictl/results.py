@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import pathlib
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -71,9 +72,21 @@ def count_verdicts(rows: Sequence[dict]) -> dict[str, int]:
     return out
 
 
+def _primary() -> bool:
+    """False on processes other than 0 of a multi-process job (they compute the rows but do not write)."""
+    if "jax" not in sys.modules:
+        return True
+    from ictl.multihost import is_primary
+
+    return is_primary()
+
+
 def write_results(workdir: pathlib.Path | str, rows: Sequence[dict], **extra: Any) -> pathlib.Path:
-    """Writes {experiment, rows, ...extra} to workdir/results.json and returns the path."""
+    """Writes {experiment, rows, ...extra} to workdir/results.json and returns the path (process 0 of a
+    multi-process job writes; the others only return the path)."""
     path = pathlib.Path(workdir) / RESULTS_FILE
+    if not _primary():
+        return path
     payload = {"rows": list(rows), **extra}
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=2, default=float))
@@ -87,10 +100,14 @@ def read_results(workdir: pathlib.Path | str) -> dict | None:
 
 
 def save_figure(fig, workdir: pathlib.Path | str, stem: str) -> list[pathlib.Path]:
-    """Saves ``fig`` as workdir/stem.png (for the report) and workdir/stem.pdf, then closes it."""
+    """Saves ``fig`` as workdir/stem.png (for the report) and workdir/stem.pdf, then closes it (on
+    processes other than 0 of a multi-process job it only closes it)."""
     import matplotlib.pyplot as plt
 
     out = []
+    if not _primary():
+        plt.close(fig)
+        return [pathlib.Path(workdir) / f"{stem}.{ext}" for ext in ("png", "pdf")]
     fig.tight_layout()
     for ext in ("png", "pdf"):
         path = pathlib.Path(workdir) / f"{stem}.{ext}"

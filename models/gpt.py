@@ -88,19 +88,22 @@ class CausalAttn(nn.Module):
     cfg: GPTConfig
 
     @nn.compact
-    def __call__(self, x_BxTxD: Float[Array, "B T D"]) -> Float[Array, "B T D"]:
+    def __call__(self, x_BxTxD: Float[Array, "B T D"], q_stride: int = 1) -> Float[Array, "B Q D"]:
+        """Attention outputs at the query positions 0, q_stride, 2·q_stride, … (Q = ⌈T / q_stride⌉);
+        keys and values are every position (causal: query t sees keys s ≤ t)."""
         cfg = self.cfg
         H, K = cfg.n_heads, cfg.width // cfg.n_heads
         dt = DTYPES[cfg.dtype]
         T = x_BxTxD.shape[1]
         qkv = nn.DenseGeneral((3, H, K), dtype=dt, param_dtype=jnp.float32, kernel_init=_dense_init(), name="qkv")
         qkv_BxTx3xHxK = qkv(x_BxTxD)
-        q_BxTxHxK, k_BxTxHxK, v_BxTxHxK = (qkv_BxTx3xHxK[:, :, i] for i in range(3))
-        att_BxHxTxT = jnp.einsum("bthk,bshk->bhts", q_BxTxHxK, k_BxTxHxK) / jnp.sqrt(K).astype(dt)
-        causal_TxT = jnp.tril(jnp.ones((T, T), dtype=bool))
-        att_BxHxTxT = jnp.where(causal_TxT[None, None], att_BxHxTxT, jnp.finfo(dt).min)
-        att_BxHxTxT = jax.nn.softmax(att_BxHxTxT.astype(jnp.float32), axis=-1).astype(dt)
-        out_BxTxHxK = jnp.einsum("bhts,bshk->bthk", att_BxHxTxT, v_BxTxHxK)
+        q_BxQxHxK = qkv_BxTx3xHxK[:, ::q_stride, 0]
+        k_BxTxHxK, v_BxTxHxK = qkv_BxTx3xHxK[:, :, 1], qkv_BxTx3xHxK[:, :, 2]
+        att_BxHxQxT = jnp.einsum("bqhk,bshk->bhqs", q_BxQxHxK, k_BxTxHxK) / jnp.sqrt(K).astype(dt)
+        causal_QxT = jnp.arange(T)[None, :] <= (q_stride * jnp.arange(q_BxQxHxK.shape[1]))[:, None]
+        att_BxHxQxT = jnp.where(causal_QxT[None, None], att_BxHxQxT, jnp.finfo(dt).min)
+        att_BxHxQxT = jax.nn.softmax(att_BxHxQxT.astype(jnp.float32), axis=-1).astype(dt)
+        out_BxTxHxK = jnp.einsum("bhqs,bshk->bqhk", att_BxHxQxT, v_BxTxHxK)
         std = 0.02 / (2 * cfg.n_layers) ** 0.5  # GPT-2's scaled init of residual projections
         out = nn.DenseGeneral(cfg.width, axis=(-2, -1), dtype=dt, param_dtype=jnp.float32,
                               kernel_init=_dense_init(std), name="out")
@@ -125,29 +128,35 @@ class TBlock(nn.Module):
     cfg: GPTConfig
 
     @nn.compact
-    def __call__(self, x_BxTxD: Float[Array, "B T D"]) -> Float[Array, "B T D"]:
+    def __call__(self, x_BxTxD: Float[Array, "B T D"], q_stride: int = 1) -> Float[Array, "B Q D"]:
+        """The block's outputs at positions 0, q_stride, … (all of them for q_stride = 1)."""
         dt = DTYPES[self.cfg.dtype]
         cfg = self.cfg
         h = nn.LayerNorm(dtype=dt, param_dtype=jnp.float32, name="ln1")(x_BxTxD)
         if cfg.attention_backend == "softmax":
-            attn = CausalAttn(cfg, name="attn")
-        else:  # same parameter layout (qkv [D,3,H,K], out [H,K,D]; + gate for "gla")
-            attn = attention.Attention(num_heads=cfg.n_heads, backend=cfg.attention_backend, dtype=dt,
-                                       param_dtype=jnp.float32, out_init_std=0.02 / (2 * cfg.n_layers) ** 0.5,
-                                       name="attn")
-        x_BxTxD = x_BxTxD + attn(h)
-        h = nn.LayerNorm(dtype=dt, param_dtype=jnp.float32, name="ln2")(x_BxTxD)
-        return x_BxTxD + Mlp(self.cfg, name="mlp")(h)
+            a_BxQxD = CausalAttn(cfg, name="attn")(h, q_stride)
+        else:  # same parameter layout (qkv [D,3,H,K], out [H,K,D]; + gate for "gla"); all queries, then strided
+            a_BxQxD = attention.Attention(num_heads=cfg.n_heads, backend=cfg.attention_backend, dtype=dt,
+                                          param_dtype=jnp.float32, out_init_std=0.02 / (2 * cfg.n_layers) ** 0.5,
+                                          name="attn")(h)[:, ::q_stride]
+        x_BxQxD = x_BxTxD[:, ::q_stride] + a_BxQxD
+        h = nn.LayerNorm(dtype=dt, param_dtype=jnp.float32, name="ln2")(x_BxQxD)
+        return x_BxQxD + Mlp(self.cfg, name="mlp")(h)
 
 
 class GPT(nn.Module):
     """Tokens [B, T, d] → one scalar per token [B, T] (out_dim = 1) or a vector per token
-    [B, T, out_dim] (out_dim > 1), float32."""
+    [B, T, out_dim] (out_dim > 1), float32.
+
+    ``x_only=True`` returns the outputs at the x tokens only (even positions, [B, T/2, …]) — the
+    same numbers as ``GPT(tokens)[:, ::2]`` up to float rounding — and computes the last block's
+    queries, MLP and read-out there alone (the train steps read only those): 1/(2L) of the
+    block FLOPs fewer, 17% for the tiny model."""
 
     cfg: GPTConfig
 
     @nn.compact
-    def __call__(self, tokens_BxTxd: Float[Array, "B T d"]) -> Float[Array, "B T *o"]:
+    def __call__(self, tokens_BxTxd: Float[Array, "B T d"], x_only: bool = False) -> Float[Array, "B T *o"]:
         cfg = self.cfg
         dt = DTYPES[cfg.dtype]
         B, T, d = tokens_BxTxd.shape
@@ -163,7 +172,8 @@ class GPT(nn.Module):
         wpe_TxD = self.param("wpe", _dense_init(0.02), (cfg.max_tokens, cfg.width), jnp.float32)
         h_BxTxD = h_BxTxD + wpe_TxD[:T].astype(dt)[None]
         for i in range(cfg.n_layers):
-            h_BxTxD = TBlock(cfg, name=f"block_{i}")(h_BxTxD)
+            last = i == cfg.n_layers - 1
+            h_BxTxD = TBlock(cfg, name=f"block_{i}")(h_BxTxD, 2 if (x_only and last) else 1)
         h_BxTxD = nn.LayerNorm(dtype=dt, param_dtype=jnp.float32, name="ln_f")(h_BxTxD)
         out_BxTxo = nn.Dense(cfg.out_dim, dtype=dt, param_dtype=jnp.float32, kernel_init=_torch_linear_init(),
                              name="read_out")(h_BxTxD).astype(jnp.float32)

@@ -32,10 +32,11 @@ def _is_ln_f(module, method_name: str) -> bool:
     return module.name == "ln_f" and method_name == "__call__"
 
 
-def apply_uq(model: GPT, params: dict[str, Any],
-             tokens_BxTxd: Float[Array, "B T d"]) -> tuple[Float[Array, "B T"], Float[Array, "B T"]]:
-    """(μ [B, T], log σ² [B, T]) from one pass of the GPT trunk."""
-    mean_BxT, state = model.apply(params["gpt"], tokens_BxTxd, capture_intermediates=_is_ln_f,
+def apply_uq(model: GPT, params: dict[str, Any], tokens_BxTxd: Float[Array, "B T d"], *,
+             x_only: bool = False) -> tuple[Float[Array, "B T"], Float[Array, "B T"]]:
+    """(μ [B, T], log σ² [B, T]) from one pass of the GPT trunk ([B, T/2] at the x tokens with
+    ``x_only``, see `models.gpt.GPT`)."""
+    mean_BxT, state = model.apply(params["gpt"], tokens_BxTxd, x_only, capture_intermediates=_is_ln_f,
                                   mutable=["intermediates"])
     h_BxTxD = state["intermediates"]["ln_f"]["__call__"][0].astype(jnp.float32)
     v = params["var_head"]

@@ -1,6 +1,7 @@
 """Config overrides and the CLI's bad-input contract: one line, exit status 2, nothing written."""
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -10,6 +11,7 @@ import pytest
 from ictl import cli
 from ictl.cli import main
 from ictl.config import ConfigError, apply_overrides
+from ictl.workdir import Lock
 
 
 def test_overrides_types():
@@ -65,20 +67,51 @@ def test_existing_workdir_is_not_overwritten(tmp_path, capsys):
     assert (wd / "keep.txt").read_text() == "precious" and sorted(os.listdir(wd)) == ["keep.txt"]
 
 
+HOLDER = ("import sys, time; from ictl.workdir import Lock; Lock(sys.argv[1]).acquire(); "
+          "print('held', flush=True); time.sleep(60)")
+
+
 def test_workdir_in_use_is_refused(tmp_path, capsys):
     wd = tmp_path / "w"
     wd.mkdir()
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    (wd / "config.json").write_text(json.dumps({"experiment": "zfb_dynamics", "config": {}}))
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(wd)], stdout=subprocess.PIPE, text=True,
+                              env=dict(os.environ, PYTHONPATH=str(pathlib.Path(__file__).parents[1])))
     try:
-        import socket
-        (wd / ".lock").write_text(json.dumps({"pid": sleeper.pid, "host": socket.gethostname()}))
-        (wd / "config.json").write_text(json.dumps({"experiment": "zfb_dynamics", "config": {}}))
+        assert holder.stdout.readline().strip() == "held"
         for args in (["resume", str(wd)], ["run", "zfb_dynamics", "--workdir", str(wd), "--overwrite"]):
             code, err = _run(args, capsys)
-            assert code == 2 and len(err) == 1 and f"in use by another run (pid {sleeper.pid})" in err[0]
-        assert (wd / "config.json").exists()
+            assert code == 2 and len(err) == 1 and f"in use by another run (pid {holder.pid})" in err[0], err
+        assert sorted(os.listdir(wd)) == [".lock", "config.json"]
     finally:
-        sleeper.kill()
+        holder.kill()
+        holder.wait()
+    # the holder died without releasing: its lock file stays, but the kernel dropped its flock
+    lock = Lock(wd).acquire(create_dir=False)
+    assert json.loads((wd / ".lock").read_text())["pid"] == os.getpid()
+    lock.release()
+    assert sorted(os.listdir(wd)) == ["config.json"]
+
+
+def test_lock_without_flock_takes_over_a_dead_pid_only(tmp_path, monkeypatch):
+    """Where flock is not supported (ENOLCK): O_EXCL, a lock whose pid is dead on this host is stale."""
+    import errno
+    import fcntl
+    import socket
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOLCK, "no locks")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / ".lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
+    lock = Lock(tmp_path).acquire()
+    assert json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid()
+    with pytest.raises(ConfigError, match=f"in use by another run \\(pid {os.getpid()}\\)"):
+        Lock(tmp_path).acquire()
+    lock.release()
+    assert not (tmp_path / ".lock").exists()
 
 
 def test_list_names_experiments_and_tiers(capsys):

@@ -1,6 +1,7 @@
 """End-to-end: the Garg linear-regression experiment with a few training steps."""
 import json
 
+import numpy as np
 import pytest
 
 from experiments import garg_linear
@@ -8,23 +9,34 @@ from ictl.config import ConfigError
 
 
 def test_run_end_to_end(tmp_path):
+    """Two seeds in one vmapped step, 10 steps per dispatch: files, rows, seed band, baselines."""
     c = garg_linear.get_config("quick")
-    c.train_steps, c.warmup, c.log_every, c.ckpt_every = 40, 0, 10, 40
+    c.train_steps, c.warmup, c.log_every, c.ckpt_every, c.steps_per_call, c.seeds = 40, 0, 10, 40, 10, 2
     c.lr, c.eval_prompts, c.n_boot, c.d, c.n_points, c.batch = 3e-3, 64, 50, 3, 6, 16
     rows = garg_linear.run(c, tmp_path)
     for stem in ("garg_linear.png", "garg_linear.pdf", "results.json"):
         assert (tmp_path / stem).exists()
     res = json.loads((tmp_path / "results.json").read_text())
-    # rows: k = 1..d against 1 − k/d, k = d+2..N−1 against 0, least squares at k = ⌊d/2⌋, the 3-NN ratio
-    assert len(rows) == 3 + 1 + 2 and rows[0]["expected"] == pytest.approx(2 / 3)
+    # rows: k = 1..N−1 against max(0, 1 − k/d), least squares at k = ⌊d/2⌋, the 3-NN ratio
+    assert len(rows) == 5 + 2 and rows[0]["expected"] == pytest.approx(2 / 3) and rows[3]["expected"] == 0
+    assert all(r["verdict"] in ("reproduced", "not reproduced") for r in rows)
     # least squares after k = 1 of d = 3 examples: 1 − 1/3 (64 prompts: MC SE ≈ 0.1)
-    ls = rows[4]
+    ls = rows[5]
     assert ls["quantity"].startswith("least squares") and abs(ls["measured"] - 2 / 3) < 0.35
     # the logged loss at the start is ≈ E y² = d = 3 (outputs ≈ 0; one batch of 16 prompts is noisy)
     assert 1.0 < res["first_loss"] < 6.0 and all(v is not None for v in res["curves"]["transformer"]["mean"])
     # with k = 0 examples nothing beats ŷ = 0, whose error/d is E y²/d = 1 (SE ≈ √2/8 ≈ 0.18)
     assert abs(res["curves"]["least squares"]["mean"][0] - 1) < 0.6
     assert res["curves"]["transformer"]["mean"][0] > 0.4
+    # the seed band: "transformer" is the mean of the two seeds' curves, lo/hi their min/max
+    s0, s1 = (np.array(res["curves"][f"transformer seed {s}"]["mean"]) for s in (0, 1))
+    tf = res["curves"]["transformer"]
+    np.testing.assert_allclose(tf["mean"], (s0 + s1) / 2, rtol=1e-12)
+    np.testing.assert_allclose(tf["lo"], np.minimum(s0, s1), rtol=1e-12)
+    assert not np.allclose(s0, s1) and res["seeds"] == 2  # two different models
+    hist = [json.loads(x) for x in (tmp_path / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in hist] == [10, 20, 30, 40]
+    assert hist[-1]["loss"] == pytest.approx((hist[-1]["loss_s0"] + hist[-1]["loss_s1"]) / 2, rel=1e-5)
 
 
 @pytest.mark.parametrize("key, value, match", [
@@ -32,6 +44,9 @@ def test_run_end_to_end(tmp_path):
     ("task", "quadratic", "config.task"),
     ("d", 5, "config.d"),          # curriculum=True needs d >= 20
     ("dtype", "float16", "config.dtype"),
+    ("steps_per_call", 0, "config.steps_per_call=0: allowed an integer >= 1"),
+    ("steps_per_call", 7, "config.steps_per_call=7: allowed a divisor of log_every=250"),
+    ("seeds", 0, "config.seeds=0: allowed an integer >= 1"),
 ])
 def test_bad_configs_one_line(key, value, match):
     c = garg_linear.get_config("quick")

@@ -12,7 +12,7 @@ from ictl.tasks import ood
 def _tiny(task):
     c = garg_tasks.get_config("quick")
     c.task = task
-    c.train_steps, c.warmup, c.log_every, c.ckpt_every = 20, 0, 10, 20
+    c.train_steps, c.warmup, c.log_every, c.ckpt_every, c.steps_per_call = 20, 0, 10, 20, 10
     c.eval_prompts, c.ood_prompts, c.n_boot, c.d, c.n_points, c.batch = 64, 32, 20, 3, 6, 16
     return c
 

@@ -41,6 +41,70 @@ def test_shapes_sizes_and_param_count(tiny, x64):
         assert (c.n_layers, c.n_heads, c.width) == (L, H, D)
 
 
+def _numpy_gpt(p, tokens, cfg):
+    """The model written out in float64 numpy from its definition (pre-LN blocks, causal softmax
+    attention with logits q·k/√K, tanh-GELU MLP, LayerNorm ε = 1e-6, learned positions)."""
+    H, K = cfg.n_heads, cfg.width // cfg.n_heads
+    T = tokens.shape[1]
+
+    def ln(x, q):
+        mu = x.mean(-1, keepdims=True)
+        return (x - mu) / np.sqrt(((x - mu) ** 2).mean(-1, keepdims=True) + 1e-6) * q["scale"] + q["bias"]
+
+    def gelu(x):
+        return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+
+    h = tokens @ p["read_in"]["kernel"] + p["read_in"]["bias"] + p["wpe"][:T]
+    for i in range(cfg.n_layers):
+        b = p[f"block_{i}"]
+        a = ln(h, b["ln1"])
+        qkv = np.einsum("btd,dchk->btchk", a, b["attn"]["qkv"]["kernel"]) + b["attn"]["qkv"]["bias"]
+        logits = np.einsum("bthk,bshk->bhts", qkv[:, :, 0], qkv[:, :, 1]) / np.sqrt(K)
+        logits = np.where(np.tril(np.ones((T, T), bool)), logits, -np.inf)
+        att = np.exp(logits - logits.max(-1, keepdims=True))
+        att /= att.sum(-1, keepdims=True)
+        o = np.einsum("bhts,bshk->bthk", att, qkv[:, :, 2])
+        h = h + np.einsum("bthk,hkd->btd", o, b["attn"]["out"]["kernel"]) + b["attn"]["out"]["bias"]
+        m = gelu(ln(h, b["ln2"]) @ b["mlp"]["fc"]["kernel"] + b["mlp"]["fc"]["bias"])
+        h = h + m @ b["mlp"]["proj"]["kernel"] + b["mlp"]["proj"]["bias"]
+    return (ln(h, p["ln_f"]) @ p["read_out"]["kernel"] + p["read_out"]["bias"])[..., 0]
+
+
+def test_forward_matches_float64_numpy_definition(tiny):
+    """The default (softmax) GPT against `_numpy_gpt` on random O(1) weights (peaked attention, so a
+    wrong logit scale such as 1/K for 1/√K or a wrong mask moves the outputs by O(1)); float32
+    vs float64: 1e-4 of the output scale."""
+    cfg, params = tiny
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(9), len(leaves))
+    rand = jax.tree.unflatten(tree, [0.3 * jax.random.normal(k, x.shape, jnp.float32) for k, x in zip(keys, leaves)])
+    rand = jax.tree_util.tree_map_with_path(  # LayerNorm scales near 1
+        lambda path, x: x + 1.0 if getattr(path[-1], "key", "") == "scale" else x, rand)
+    tokens = jax.random.normal(jax.random.key(10), (3, 22, 5))
+    got = np.asarray(GPT(cfg).apply(rand, tokens), np.float64)
+    want = _numpy_gpt(jax.tree.map(lambda a: np.asarray(a, np.float64), rand["params"]),
+                      np.asarray(tokens, np.float64), cfg)
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max(), np.abs(got - want).max()
+    assert np.abs(want).max() > 0.5  # O(1) outputs, so the bound is meaningful
+
+
+@pytest.mark.parametrize("out_dim", [1, 3])
+def test_x_only_equals_the_full_forward_at_x_tokens(out_dim):
+    """x_only=True computes the last block at the x tokens only: outputs and parameter gradients equal
+    the full forward's at the even positions (float32 rounding)."""
+    cfg = GPTConfig(d_in=4, max_tokens=12, n_layers=2, n_heads=2, width=16, out_dim=out_dim)
+    params = init_params(cfg, jax.random.key(3))
+    tokens = jax.random.normal(jax.random.key(4), (3, 12, 4))
+    full = GPT(cfg).apply(params, tokens)[:, ::2]
+    part = GPT(cfg).apply(params, tokens, x_only=True)
+    assert part.shape == full.shape == ((3, 6) if out_dim == 1 else (3, 6, 3))
+    np.testing.assert_allclose(part, full, rtol=1e-5, atol=1e-6)
+    g_full = jax.grad(lambda p: jnp.sum(jnp.sin(GPT(cfg).apply(p, tokens)[:, ::2])))(params)
+    g_part = jax.grad(lambda p: jnp.sum(jnp.sin(GPT(cfg).apply(p, tokens, x_only=True))))(params)
+    for a, b in zip(jax.tree.leaves(g_full), jax.tree.leaves(g_part)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_causality_by_gradients(tiny):
     # ∂out_i/∂token_j must vanish exactly for j > i and not for j ≤ i.
     cfg, params = tiny

@@ -59,6 +59,8 @@ def test_tiny_end_to_end(tmp_path):
     by_q = {r["quantity"]: r for r in rows}
     for r in rows:
         assert set(r) >= {"quantity", "expected", "measured", "rel_err", "source"} and r["source"] == "theory"
+        # every row is a claim: a tolerance with its reason and a verdict
+        assert r["tol"] is not None and r["why"] and r["verdict"] in ("reproduced", "not reproduced")
     for s in c.settings:
         # L* is the minimum over every A: the exact loss of the trained A can never be below it.
         exact = by_q[f"{s}: exact loss of A_LSA vs L*"]
@@ -68,10 +70,15 @@ def test_tiny_end_to_end(tmp_path):
         # exact excess loss ≤ 0.3% of L* (bound 1%).
         assert by_q[f"{s}: ‖A_LSA − A*‖_F / ‖A*‖_F"]["measured"] < 0.10
         assert excess < 0.01 * l_star
+        assert exact["tol"] == 0.01 and exact["tol_kind"] == "rel" and exact["verdict"] == "reproduced"
+        a_row = by_q[f"{s}: ‖A_LSA − A*‖_F / ‖A*‖_F"]
+        assert a_row["claim"] == "at_most" and a_row["verdict"] == ("reproduced" if a_row["measured"] <= 0.02
+                                                                      else "not reproduced")
         # The MC loss of the full LSA (10 000 prompts) agrees with L* + the exact excess within 4 SE.
         mc = by_q[f"{s}: trained LSA loss (MC) vs L*"]
         se = saved["mc_standard_errors"][s]["loss"]
         assert abs(mc["measured"] - l_star - excess) < 4 * se, (mc, se)
+        assert mc["tol"] == pytest.approx(4 * se)   # the tolerance is the run's own 4 SE
         # Paired with the A* predictor on the same prompts: no better than A* beyond 4 SE, and
         # (measured ≤ 0.7% of L*) less than 2% of L* worse.
         paired = by_q[f"{s}: trained LSA loss − loss of hᵀA*x_q (paired MC)"]
@@ -80,3 +87,8 @@ def test_tiny_end_to_end(tmp_path):
     # Closed forms for the isotropic row (d=3, N=8): η* = 1/(N+d+1) = 1/12, L* = ½·3·4/12 = 0.5.
     assert by_q["isotropic: step size tr(A_LSA)/d vs η*"]["expected"] == pytest.approx(1 / 12)
     assert by_q["isotropic: exact loss of A_LSA vs L*"]["expected"] == pytest.approx(0.5)
+    # Step-size tolerances: 2% of η* (isotropic); tanh: half the gap to the linear-response step,
+    # which for τ² = 1, σ = 0 is 1/(N+d+1) = 1/12 (Σ_x = Σ_w = I), so the row tells tanh from linear.
+    assert by_q["isotropic: step size tr(A_LSA)/d vs η*"]["tol"] == pytest.approx(0.02 / 12)
+    tanh = by_q["nonlinear: step size tr(A_LSA)/d vs η*"]
+    assert tanh["tol"] == pytest.approx(min(0.5 * abs(tanh["expected"] - 1 / 12), 0.02 * tanh["expected"]))

@@ -75,6 +75,15 @@ def test_run_end_to_end(tmp_path):
     assert rows[0]["measured"] <= 1e-12                       # LSA float64
     assert res["lsa_spread_over_bound_max"] <= 1.0           # LSA float32 within its rounding bound
     assert rows[3]["measured"] > 1e-3 * res["transformer_rms_prediction"]
+    # verdicts: all four are claims; the two LSA rows are exact (rounding bounds, deterministic) and the
+    # transformer row's yardstick is the LSA's float32 rounding bound (at_least), not 0
+    assert all(r["tol"] is not None and r["why"] for r in rows)
+    assert rows[0]["verdict"] == rows[1]["verdict"] == "reproduced"
+    assert rows[1]["tol"] == pytest.approx(res["lsa_bound"][-1]) and rows[1]["claim"] == "at_most"
+    assert rows[0]["tol"] == pytest.approx(res["lsa_bound"][-1] * 2.0**-29)
+    assert rows[3]["claim"] == "at_least" and rows[3]["expected"] == pytest.approx(res["lsa_bound"][-1])
+    assert rows[3]["verdict"] == "reproduced"
+    assert rows[2]["verdict"] == "reproduced" and rows[2]["tol"] > 0   # GD: rounding only
 
 
 def test_bad_config():

@@ -11,13 +11,15 @@ from ictl.config import ConfigError
 def test_run_end_to_end(tmp_path):
     c = ptp.get_config("quick")
     c.d, c.n_points, c.log2_pool, c.width, c.n_layers = 3, 6, 1, 16, 1
-    c.train_steps, c.warmup, c.log_every, c.ckpt_every, c.batch = 20, 0, 10, 20, 16
+    c.train_steps, c.warmup, c.log_every, c.ckpt_every, c.batch, c.steps_per_call = 20, 0, 10, 20, 16, 10
     c.eval_prompts, c.n_boot = 400, 50
     rows = ptp.run(c, tmp_path)
     for stem in ("prism_task_pool.png", "prism_task_pool.pdf", "results.json"):
         assert (tmp_path / stem).exists()
     res = json.loads((tmp_path / "results.json").read_text())
-    assert all(r["source"] == "baseline" for r in rows) and res["pool_size"] == 2
+    assert res["pool_size"] == 2
+    claims = [r for r in rows if r["verdict"] != "informational"]
+    assert len(claims) == len(rows) - 2 and all("dMMSE" in r["quantity"] for r in claims)  # ridge rows: context only
     dm = np.array(res["curves"]["pool"]["dMMSE (pool posterior mean)"])
     rd = np.array(res["curves"]["pool"]["ridge λ=σ² (Gaussian posterior mean)"])
     # with M = 2 pool tasks and σ = 0.5 the posterior identifies the task within a few examples: the

@@ -88,6 +88,19 @@ def test_gmm_and_mixture_bayes_beat_single_gaussian_predictors_at_small_k():
     assert abs(gap_dense) < 0.03 and gap_supp > 0.15, (gap_dense, gap_supp)
 
 
+@pytest.mark.parametrize("name", ["fourier", "gmm", "mixture"])
+def test_zero_error_is_the_label_power(name):
+    """zero_error (the scale of the fidelity tolerance) = E y² / norm, against sampled prompts (4 SE)."""
+    c = pf.get_config("quick")
+    fam = pf.BUILDERS[name](c)
+    _, y = fam.sample(jax.random.key(11), 4000)
+    y2 = np.asarray(y, np.float64).reshape(-1) ** 2 / fam.norm
+    # labels of one prompt share w: the SE is over prompts (mean per prompt, then across prompts)
+    per_prompt = y2.reshape(4000, -1).mean(1)
+    se = per_prompt.std(ddof=1) / np.sqrt(per_prompt.size)
+    assert abs(per_prompt.mean() - pf.zero_error(name, c)) < 4 * se, (per_prompt.mean(), pf.zero_error(name, c), se)
+
+
 def test_run_end_to_end(tmp_path):
     c = pf.get_config("quick")
     c.families = "mixture"
@@ -108,6 +121,10 @@ def test_run_end_to_end(tmp_path):
         r1 = next(r for r in rows if r["quantity"].startswith(f"{fam}: transformer error at k=1 "))
         assert r1["expected"] == pytest.approx(bpm[1], rel=1e-6)
         assert r1["measured"] == pytest.approx(curves["transformer"]["mean"][1], rel=1e-6)
+        # the fidelity tolerance: 5% of the zero predictor's error (d + σ²)/d = 2.25/2 (checked at k = 0 below)
+        assert all(r["tol"] == pytest.approx(0.05 * 2.25 / 2) and r["why"] for r in rows)
+        assert all(r["verdict"] == ("reproduced" if abs(r["measured"] - r["expected"]) <= r["tol"] else "not reproduced")
+                   for r in rows)
         assert np.isfinite(res["last_loss"][fam]) and res["train_seconds"][fam] > 0
     # k = 0: every predictor returns the prior mean 0; error/d = (E(wᵀx)² + σ²)/d = (d + σ²)/d = 2.25/2
     # for both families (E‖w‖² = d), within 4 SE of 400 prompts

@@ -16,7 +16,7 @@ def sweep(tmp_path_factory):
     c = ptd.get_config("quick")
     c.d, c.n_points, c.width, c.n_layers, c.n_heads = 3, 5, 16, 1, 2
     c.log2_pools = "2,0"  # unsorted on purpose: the sweep runs M = 1 then M = 4
-    c.train_steps, c.warmup, c.log_every, c.ckpt_every, c.batch = 10, 0, 5, 10, 16
+    c.train_steps, c.warmup, c.log_every, c.ckpt_every, c.batch, c.steps_per_call = 10, 0, 5, 10, 16, 5
     c.eval_prompts, c.n_boot = B, 20
     workdir = tmp_path_factory.mktemp("diversity")
     rows = ptd.run(c, workdir)
@@ -32,6 +32,13 @@ def test_outputs(sweep):
     assert [s["log2_M"] for s in res["sweep"]] == [0, 2]
     assert len(rows) == 6 and all(r["source"] == "baseline" for r in rows)
     assert rows[0]["expected"] == 0.0 and rows[1]["expected"] == 1.0
+    # verdicts: f on the right side of ½ at each end; fidelity 5% of (d + σ²)/d; the fresh-vs-pool
+    # row's tolerance is 4 MC SE from the sweep's own standard errors
+    assert (rows[0]["claim"], rows[0]["tol"], rows[1]["claim"], rows[1]["tol"]) == ("at_most", 0.5, "at_least", 0.5)
+    assert all(r["tol"] == pytest.approx(0.05 * (c.d + c.noise_std**2) / c.d) for r in rows[2:5])
+    hi = res["sweep"][-1]
+    assert rows[5]["tol"] == pytest.approx(4 * np.hypot(hi["fresh"]["sem"]["transformer"], hi["pool"]["sem"]["transformer"]))
+    assert all(r["why"] and r["verdict"] in ("reproduced", "not reproduced") for r in rows)
     for s in res["sweep"]:
         for part in ("pool", "fresh"):
             f = s[part]["ridge_fraction"]

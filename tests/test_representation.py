@@ -71,3 +71,13 @@ def test_guo_experiment_end_to_end(tmp_path):
     # with 5 examples of D = 4 features and σ = 0.1 the Bayes predictor is far below 1
     assert bayes_curve[5] < 0.3
     assert rows[-1]["source"] == "paper"
+    # verdicts: every row is a claim with a reason; a 10-step model is nowhere near the Bayes
+    # predictor (error ≈ 1 vs < 0.3 at k = 5), so the fidelity claim must come out "not reproduced"
+    assert all(r["tol"] is not None and r["why"] and r["verdict"] != "informational" for r in rows)
+    by = {r["quantity"]: r for r in rows}
+    bayes_row = by["transformer error/E y² at k=5 vs ridge on Φ*(x)"]
+    assert bayes_row["tol"] == 0.05 and bayes_row["verdict"] == "not reproduced"
+    ratio = by["transformer / ridge on x error at k=5"]
+    assert ratio["measured"] == pytest.approx(res["curves"]["transformer"][5] / res["curves"]["ridge on x"][5], rel=1e-6)
+    assert rows[-1]["claim"] == "at_least" and rows[-1]["verdict"] == ("reproduced" if max(res["probe_r2"]) >= 0.9
+                                                                         else "not reproduced")

@@ -16,6 +16,7 @@ import pytest
 
 from ictl import lsa_training as lt
 from ictl.train import Diverged, TrainState, fit, make_train_step
+from ictl.train.loop import read_sessions
 from ictl.train.tensorboard import read_records
 
 D, N = 3, 8
@@ -40,6 +41,10 @@ def test_resume_is_bitwise_exact(tmp_path):
     # the run "died" after step 35: the checkpoint at 35 (end) exists; drop it to resume from 25
     shutil.rmtree(tmp_path / "b" / "ckpt" / "35")
     resumed, hist = fit(state, step, key=key, num_steps=60, workdir=tmp_path / "b", log_every=10, ckpt_every=25)
+    # a restore that silently did nothing would also end bitwise equal (training is deterministic):
+    # the session record says it restored step 25 and ran the 35 steps left
+    last = read_sessions(tmp_path / "b")[-1]
+    assert (last["restored_step"], last["start"], last["steps_run"]) == (25, 25, 35)
     assert int(resumed.step) == 60 and _same(full, resumed)
     assert [h["step"] for h in hist] == [10, 20, 30, 40, 50, 60]  # 30 was redone, not duplicated
     assert hist == hist_full
@@ -87,6 +92,8 @@ def test_damaged_checkpoint_falls_back(tmp_path, capsys):
             f.write_bytes(b"\0" * 7)
     again, _ = fit(state, step, key=key, num_steps=40, workdir=tmp_path / "x", log_every=10, ckpt_every=20)
     assert "checkpoint step 40 is unreadable" in capsys.readouterr().err
+    last = read_sessions(tmp_path / "x")[-1]
+    assert (last["restored_step"], last["steps_run"]) == (20, 20)  # fell back to 20 and redid 20..40
     assert _same(ref, again)
 
 
@@ -130,16 +137,19 @@ def test_sigterm_checkpoints_then_exits(tmp_path):
 
 
 def test_step_compiles_once(tmp_path):
-    """The jitted step is traced once for the whole run (no silent recompiles per step)."""
+    """The step is traced a fixed number of times per run — once for the loop body, once for the shape of
+    its metrics — however many steps and calls (25 steps in calls of 1 and of 5, no silent retraces)."""
     state, step = _setup()
-    traces = []
+    for k in (1, 5):
+        traces = []
 
-    def counted(st, key):
-        traces.append(1)  # runs at trace time only
-        return step(st, key)
+        def counted(st, key):
+            traces.append(1)  # runs at trace time only
+            return step(st, key)
 
-    fit(state, counted, key=jax.random.key(6), num_steps=25, workdir=tmp_path, log_every=5, ckpt_every=10)
-    assert len(traces) == 1
+        fit(state, counted, key=jax.random.key(6), num_steps=25, workdir=tmp_path / f"k{k}", log_every=5,
+            ckpt_every=10, steps_per_call=k)
+        assert len(traces) == 2, k
 
 
 def test_warmup_cosine_schedule():
@@ -150,3 +160,78 @@ def test_warmup_cosine_schedule():
     expected = {0: 0.0, 50: 1e-3, 100: 2e-3, 600: 2e-3 * (0.1 + 0.9 * 0.5), 1100: 2e-4}
     for t, v in expected.items():
         assert float(f(t)) == pytest.approx(v, rel=1e-6, abs=1e-12), t
+
+
+def test_steps_per_call_is_bitwise_k_single_steps_and_resumes(tmp_path):
+    """K = 5 steps per dispatch (lax.scan, keys fold_in(key, step)) = 23 single steps, bit for bit,
+    including the shorter last call (23 = 4·5 + 3) and a resume from the checkpoint at 10."""
+    state, step = _setup()
+    key = jax.random.key(7)
+    ref, h_ref = fit(state, step, key=key, num_steps=23, workdir=tmp_path / "k1", log_every=5, ckpt_every=10)
+    fit(state, step, key=key, num_steps=12, workdir=tmp_path / "k5", log_every=5, ckpt_every=10, steps_per_call=5)
+    shutil.rmtree(tmp_path / "k5" / "ckpt" / "12")  # "killed" after 12: resume from 10
+    out, h = fit(state, step, key=key, num_steps=23, workdir=tmp_path / "k5", log_every=5, ckpt_every=10,
+                 steps_per_call=5)
+    assert _same(ref, out) and h == h_ref and [r["step"] for r in h] == [5, 10, 15, 20, 23]
+    s = read_sessions(tmp_path / "k5")
+    assert [(x["restored_step"], x["steps_run"], x["steps_per_call"]) for x in s] == [(None, 12, 5), (10, 13, 5)]
+
+
+@pytest.mark.parametrize("k, needle", [(0, "allowed an integer >= 1"), (2.5, "allowed an integer >= 1"),
+                                       (3, "must divide log_every=10")])
+def test_steps_per_call_bad_values(tmp_path, k, needle):
+    state, step = _setup()
+    with pytest.raises(ValueError, match=needle):
+        fit(state, step, key=jax.random.key(0), num_steps=10, workdir=tmp_path, log_every=10, ckpt_every=10,
+            steps_per_call=k)
+    assert not (tmp_path / "ckpt").exists()  # refused before anything was written
+
+
+def test_seed_stack_trains_each_seed_like_its_own_run(tmp_path):
+    """S = 3 seeds in one vmapped step: seed s follows the one-seed run with the same keys (to float32
+    rounding: vmap batches the matmuls), the logged loss is their mean, and the stack resumes bitwise."""
+    from ictl.train import seed_keys, unstack, vmap_seeds
+    from ictl.train.seeds import fold_keys
+
+    model, _ = lt.init_params(jax.random.key(0), d=D, sigma=0.2)
+    tx = optax.adam(0.05)
+    step = make_train_step(lt.prompt_loss_fn(model, d=D, N=N, batch=64), tx)
+
+    def init(k):
+        return TrainState.create(params=lt.init_params(k, d=D, sigma=0.2)[1], tx=tx)
+
+    keys_S = seed_keys(10, 3)
+    state_S = jax.vmap(init)(keys_S)
+    kw = dict(num_steps=20, log_every=10, ckpt_every=10)
+    out_S, hist = fit(state_S, vmap_seeds(step), key=fold_keys(keys_S, 1), workdir=tmp_path / "S", **kw)
+    losses = []
+    for s in range(3):
+        k = jax.random.key(10 + s)
+        one, h1 = fit(init(k), step, key=jax.random.fold_in(k, 1), workdir=tmp_path / f"one{s}", **kw)
+        for a, b in zip(jax.tree.leaves(unstack(out_S, s)), jax.tree.leaves(one)):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+        assert hist[-1][f"loss_s{s}"] == pytest.approx(h1[-1]["loss"], rel=1e-4)
+        losses.append(h1[-1]["loss"])
+    assert hist[-1]["loss"] == pytest.approx(np.mean(losses), rel=1e-4)
+    assert hist[-1]["loss_min"] <= hist[-1]["loss"] <= hist[-1]["loss_max"] and len(set(losses)) == 3
+    shutil.rmtree(tmp_path / "S" / "ckpt" / "20")  # resume the stack from 10
+    again, _ = fit(state_S, vmap_seeds(step), key=fold_keys(keys_S, 1), workdir=tmp_path / "S", **kw)
+    assert read_sessions(tmp_path / "S")[-1]["restored_step"] == 10 and _same(out_S, again)
+
+
+def test_steps_per_call_is_bitwise_for_the_gpt_step(tmp_path):
+    """The Garg GPT train step (fresh prompts inside, Adam, x_only read-out) scanned 4 at a time ends
+    bit for bit where 8 single calls do."""
+    import ml_collections
+
+    from experiments.garg_linear import make_icl_step
+    from models.gpt import GPT, GPTConfig, init_params
+
+    c = ml_collections.ConfigDict(dict(task="linear", d=3, n_points=5, batch=8, curriculum=False))
+    model = GPT(GPTConfig(d_in=3, max_tokens=10, n_layers=1, n_heads=2, width=16))
+    tx = optax.adam(1e-3)
+    state = TrainState.create(params=init_params(model.cfg, jax.random.key(0)), tx=tx)
+    kw = dict(key=jax.random.key(1), num_steps=8, log_every=4, ckpt_every=8)
+    one, h1 = fit(state, make_icl_step(model, tx, c), workdir=tmp_path / "k1", **kw)
+    four, h4 = fit(state, make_icl_step(model, tx, c), workdir=tmp_path / "k4", steps_per_call=4, **kw)
+    assert _same(one, four) and h1 == h4

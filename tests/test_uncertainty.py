@@ -42,7 +42,7 @@ def test_coverage_and_nll_of_a_known_gaussian():
 def test_run_end_to_end(tmp_path):
     c = uq.get_config("quick")
     c.d, c.n_points, c.width, c.n_layers, c.train_steps, c.warmup = 2, 5, 16, 1, 20, 0
-    c.batch, c.eval_prompts, c.log_every, c.ckpt_every = 16, 2000, 10, 20
+    c.batch, c.eval_prompts, c.log_every, c.ckpt_every, c.steps_per_call = 16, 2000, 10, 20, 10
     rows = uq.run(c, tmp_path)
     for stem in ("icl_uncertainty.png", "icl_uncertainty.pdf", "results.json"):
         assert (tmp_path / stem).exists()
@@ -52,6 +52,13 @@ def test_run_end_to_end(tmp_path):
     # k = 0: the exact predictive is N(0, σ² + ‖x‖²), E NLL = ½ E log 2π(σ² + ‖x‖²) + ½; the
     # transformer cannot beat it beyond MC error (SE of a mean of 2000 NLLs ≲ 0.02)
     assert res["nll_transformer"][0] > res["nll_exact"][0] - 0.08
+    # ... and the exact NLL itself equals that closed form: with d = 2, ‖x‖² ~ χ²₂ = Exp(mean 2), so
+    # E NLL = ½ ∫ log 2π(σ² + u) e^{−u/2}/2 du + ½ (quadrature; σ = 0.5). A wrong predictive variance
+    # (e.g. σ² alone: 0.30 lower; a missing ‖x‖² term) misses it. NLL's std ≈ 0.6 → 4 SE ≈ 0.055
+    from scipy.integrate import quad
+
+    e_log = quad(lambda u: np.log(2 * np.pi * (0.25 + u)) * np.exp(-u / 2) / 2, 0, np.inf)[0]
+    assert res["nll_exact"][0] == pytest.approx(0.5 * e_log + 0.5, abs=0.055)
     assert rows[-1]["quantity"].startswith("exact predictive coverage")
 
 

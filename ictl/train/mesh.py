@@ -23,7 +23,8 @@ def maybe_initialize_distributed() -> bool:
 
     Set JAX_COORDINATOR_ADDRESS (host:port), JAX_NUM_PROCESSES and JAX_PROCESS_ID on every
     host (or run under a cluster jax auto-detects: Cloud TPU, SLURM with ICTL_DISTRIBUTED=1).
-    Must run before any other JAX call. Returns True when it initialised.
+    Must run before any other JAX call. Returns True when it initialised. jax's preemption service
+    is switched off: ictl handles SIGTERM itself (`ictl.multihost`).
     """
     addr = next((os.environ[k] for k in _DIST_ENV if os.environ.get(k)), None)
     if addr is None and os.environ.get("ICTL_DISTRIBUTED") != "1":
@@ -33,6 +34,10 @@ def maybe_initialize_distributed() -> bool:
         kwargs = dict(coordinator_address=addr,
                       num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
                       process_id=int(os.environ["JAX_PROCESS_ID"]))
+    try:
+        jax.config.update("jax_enable_preemption_service", False)
+    except AttributeError:  # a jax without the option installs no handler of its own
+        pass
     jax.distributed.initialize(**kwargs)
     return True
 

@@ -213,6 +213,36 @@ def test_strong_decay_long_sequence_is_finite():
     assert bool(jnp.all(jnp.isfinite(grads)))
 
 
+def test_strong_decay_gradients_match_float64_quadratic_form(x64):
+    """Gradients w.r.t. q, k, v, g and the state at g ≤ −20 against jax.grad of a float64 quadratic
+    form written from the definition (independent of the chunked and recurrent code):
+    o_t = scale·Σ_{s≤t} (q_t ⊙ e^{Γ_t − Γ_s})·k_s v_s + scale·(q_t ⊙ e^{Γ_t}) S_0, Γ = cumsum g;
+    the float32 kernel must agree to 1e-4 of the largest gradient."""
+    b, t, h, kd, vd = 1, 48, 2, 8, 8
+    q, k, v, _, s0 = _inputs(14, b, t, h, kd, vd)
+    s0 = s0.astype(jnp.float32)  # (drawn in float64 under x64)
+    g = (-20.0 - 10.0 * jax.random.uniform(jax.random.PRNGKey(15), q.shape)).astype(jnp.float32)
+    w = jax.random.normal(jax.random.PRNGKey(16), (b, t, h, vd)).astype(jnp.float32)  # a cotangent for o
+
+    def quadratic(q_, k_, v_, g_, s_):
+        gam = jnp.cumsum(g_, axis=1)                                    # Γ [B, T, H, K]
+        diff = gam[:, :, None] - gam[:, None, :]                        # Γ_t − Γ_s [B, T, S, H, K]
+        mask = jnp.tril(jnp.ones((t, t), bool))[None, :, :, None, None]
+        dec = jnp.where(mask, jnp.exp(jnp.where(mask, diff, 0.0)), 0.0)
+        a = jnp.einsum("bthk,btshk,bshk->bhts", q_, dec, k_) * kd ** -0.5
+        o = jnp.einsum("bhts,bshv->bthv", a, v_) + kd ** -0.5 * jnp.einsum("bthk,bhkv->bthv", q_ * jnp.exp(gam), s_)
+        return jnp.sum(o * w.astype(jnp.float64))
+
+    args64 = [jnp.asarray(x, jnp.float64) for x in (q, k, v, g, s0)]
+    ref = jax.grad(quadratic, argnums=(0, 1, 2, 3, 4))(*args64)
+    for impl in ("xla", "pallas"):
+        got = jax.grad(lambda *a: jnp.sum(gla(*a[:4], initial_state=a[4], implementation=impl)[0] * w),
+                       argnums=(0, 1, 2, 3, 4))(q, k, v, g, s0)
+        for name, x, r in zip("q k v g initial_state".split(), got, ref):
+            assert x.dtype == jnp.float32, name
+            assert_close_f32(x, r, 1e-4)
+
+
 @pytest.mark.parametrize("gated", [True, False])
 def test_compiled_kernel_lowers_for_tpu(gated):
     """The non-interpreted kernel (GLA, and linear attention = no gates), with segment resets,

@@ -78,6 +78,31 @@ def test_reference_matches_numpy_loop():
     assert_close_f32(s, sn, 1e-6)
 
 
+@pytest.mark.parametrize("causal", [True, False])
+def test_normalised_modes_match_numpy_loop(causal):
+    """Normalised linear attention (φ = elu + 1) against a float64 numpy computation written from the
+    definition: S = S_0 + Σ_s φ(k_s)ᵀ v_s and z = z_0 + Σ_s φ(k_s) over s ≤ t (causal) or all s,
+    o_t = φ(q_t) S / φ(q_t)·z; the state's last column is z. Checks the reference and the xla path."""
+    q, k, v, s0 = _inputs(8, 1, 7, 2, 3, 4, state_cols=5)
+    s0 = _norm_state(s0)
+    phi = lambda x: np.where(x > 0, x + 1.0, np.exp(np.minimum(x, 0)))  # elu(x) + 1
+    qn, kn, vn, sn = (np.asarray(x, np.float64) for x in (q, k, v, s0))
+    fq, fk = phi(qn), phi(kn)
+    o_np = np.zeros((1, 7, 2, 4))
+    for t in range(7):
+        upto = t + 1 if causal else 7
+        S = sn[..., :4] + np.einsum("bshk,bshv->bhkv", fk[:, :upto], vn[:, :upto])
+        z = sn[..., 4] + fk[:, :upto].sum(axis=1)
+        o_np[:, t] = np.einsum("bhk,bhkv->bhv", fq[:, t], S) / np.einsum("bhk,bhk->bh", fq[:, t], z)[..., None]
+    s_np = np.concatenate([sn[..., :4] + np.einsum("bshk,bshv->bhkv", fk, vn),
+                           (sn[..., 4] + fk.sum(axis=1))[..., None]], axis=-1)
+    for impl in ("reference", "xla"):
+        o, s = linear_attention(q, k, v, causal=causal, normalize=True, feature_map=elu1, initial_state=s0,
+                                implementation=impl)
+        assert_close_f32(o, o_np, 1e-5)
+        assert_close_f32(s, s_np, 1e-5)
+
+
 def test_zero_gate_gla_reference_equals_reference():
     """Two independent references agree: the GLA recurrence with g = 0, scale 1 vs the quadratic form."""
     q, k, v, s0 = _inputs(1, 2, 65, 2, 16, 24)

@@ -54,6 +54,15 @@ def test_statistical_and_exact_kept_sets_are_nested():
     s, e = np.isfinite(np.asarray(stat)), np.isfinite(np.asarray(exact))
     assert np.all(e.sum(1) == 32)
     assert np.all(np.all(s <= e, axis=1) | np.all(e <= s, axis=1))
+    # each kept set is {x ≥ θ} for its own θ, and the statistical θ is the Spark formula computed
+    # here in float64: θ = mean + std · Φ⁻¹(1 − k/n) per row (scipy's Φ⁻¹; std with ddof 0)
+    from scipy.stats import norm as gauss
+
+    xn = np.asarray(x, np.float64)
+    theta_stat = xn.mean(1) + xn.std(1) * gauss.ppf(1 - 32 / 512)
+    margin = np.abs(xn - theta_stat[:, None]) > 1e-4     # entries not within float32 rounding of θ
+    np.testing.assert_array_equal(s[margin], (xn >= theta_stat[:, None])[margin])
+    np.testing.assert_array_equal(e, xn >= np.sort(xn, axis=1)[:, -32:-31])
     np.testing.assert_array_equal(np.asarray(theta)[:, 0], np.sort(np.asarray(x), axis=1)[:, -32])
 
 
