@@ -17,9 +17,14 @@ and *unseen* tasks (fresh), accuracy at positions 1..L, against in-sequence logi
   general              unseen accuracy at L recovers ≥ half of the seen gain over chance.
 
 Command: `ictl run gpicl_transition` (data: scikit-learn's digits through TFDS, prepared into
---config.data_dir on first use). Quick scale: see `get_config`; RUNTIME and MEASURED in
-docs/gpicl.md. Expected (paper, MNIST): memorisation for few tasks, general learning from ≈ 2^13
-tasks on; on digits the boundary is where this sweep finds it (docs/gpicl.md).
+--config.data_dir on first use). Quick scale: k = 0, 4, 8, fresh; L = 50, GPT 2 layers / D = 32,
+batch 32, 600 steps each; measured 2026-12-01: 6 min 2 s wall, 190 s CPU (load ≈ 7).
+Expected (paper, MNIST): memorisation for few tasks, general learning from ≈ 2^13 tasks on.
+Measured (quick, unseen / seen accuracy at position 50): 2^0 0.129 / 0.957 and 2^4 0.102 / 0.945
+(memorisation: reproduced, max |unseen − 0.1| = 0.045 ≤ 0.095); 2^8 0.098 / 0.391 (task
+identification: seen rises from 0.207 at position 1); fresh 0.078 (still on the ln 10 plateau
+after 600 steps) vs in-sequence logistic regression 0.797 — the general regime is NOT reached
+at quick scale, so the boundary on digits lies above 2^8 tasks (docs/gpicl.md).
 Paper scale (`--config.scale=paper`, accelerator, not run here): L = 100, batch 128, GPT 4 layers /
 8 heads / D = 256, 50k steps per k, k = 0, 2, …, 24 and fresh, seeds 0..2 at the boundary.
 """
@@ -38,7 +43,7 @@ from ictl.config import SCALES, ConfigError, check
 from ictl.results import new_figure, row, save_figure, write_results
 
 REPRODUCE = False
-LEFT_OUT = "time budget: one training per pool size (≈ 10+ min at quick scale on 2 cores); an accelerator sweep"
+LEFT_OUT = "time budget: four trainings (quick tier 6 min wall / 190 s CPU on 2 shared cores); an accelerator sweep"
 TITLE = "Kirsch et al. GPICL: memorisation → task identification → general ICL vs number of tasks 2^k (digits)"
 
 CHANCE_MARGIN = 0.1
@@ -46,7 +51,7 @@ CHANCE_MARGIN = 0.1
 
 def get_config(scale: str = "quick") -> ml_collections.ConfigDict:
     c = gp.base_config(scale)
-    c.log2_tasks = "0,4,8,12,fresh"
+    c.log2_tasks = "0,4,8,fresh"
     c.boundary = ""                 # k values (or 'fresh') that get extra seeds, e.g. "8,12"
     c.boundary_seeds = 2
     if scale == "paper":

@@ -68,6 +68,10 @@ def base_config(scale: str) -> ml_collections.ConfigDict:
     c.gd_lr = 1.0
     c.gd_l2 = 1e-3
     c.knn_k = 1
+    if scale == "quick":   # 2 shared CPU cores: a GPT step at B = 64, L = 100 costs ≈ 0.25 s CPU here
+        c.seq_len, c.batch, c.train_steps, c.warmup = 50, 32, 600, 60
+        c.log_every, c.ckpt_every = 25, 300
+        c.baseline_positions = "0,1,2,4,9,19,29,39,49"
     return c
 
 

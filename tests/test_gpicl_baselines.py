@@ -1,5 +1,4 @@
 """In-sequence classifiers: logistic regression by GD vs scikit-learn, k-NN vs brute force, batch vs chunks."""
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -57,9 +56,9 @@ def test_large_batch_equals_chunks():
     """B·Q = 1280·41 = 52480 (prompt, position) outputs at once vs four chunks of 320 prompts:
     guards the XLA CPU fused masked-reduce miscompile past ≈ 32759 outputs (docs/architecture.md)."""
     B, L, D, V, CH = 1280, 41, 3, 3, 320
-    kx, ky = jax.random.split(jax.random.key(5))
-    x = jax.random.normal(kx, (B, L, D))
-    y = jax.random.randint(ky, (B, L), 0, V)
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.normal(size=(B, L, D)), jnp.float32)
+    y = jnp.asarray(rng.integers(0, V, size=(B, L)), jnp.int32)
     pos = jnp.arange(L)
     for f in (lambda a, b: cb.knn(a, b, pos, n_labels=V, n_neighbors=3),
               lambda a, b: cb.logistic_gd(a, b, pos, n_labels=V, steps=5)):

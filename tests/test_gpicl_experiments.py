@@ -1,5 +1,6 @@
 """The four gpicl experiments end to end at toy size, their metrics, and the bad-input rules."""
 import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -19,6 +20,24 @@ def data_dir(tmp_path_factory):
     return str(d)
 
 
+@pytest.fixture
+def figures(monkeypatch):
+    """The experiments' figures, kept open for inspection; written as one low-resolution PNG each
+    (ictl.results.save_figure's PNG + PDF rendering would cost seconds per figure here)."""
+    import matplotlib.pyplot as plt
+
+    made = {}
+
+    def save(fig, workdir, stem):
+        made[stem] = fig
+        fig.savefig(pathlib.Path(workdir) / f"{stem}.png", dpi=20)
+        plt.close(fig)
+
+    for m in (gpicl_transition, gpicl_plateau, gpicl_state, gpicl_transfer):
+        monkeypatch.setattr(m, "save_figure", save)
+    return made
+
+
 def toy(module, data_dir, **kw):
     c = module.get_config("quick")
     c.data_dir, c.download = data_dir, False
@@ -31,19 +50,23 @@ def toy(module, data_dir, **kw):
 
 
 @pytest.mark.slow
-def test_transition_end_to_end(data_dir, tmp_path):
-    c = toy(gpicl_transition, data_dir, log2_tasks="0,fresh", boundary="0", boundary_seeds=1)
+def test_transition_end_to_end(data_dir, tmp_path, figures):
+    c = toy(gpicl_transition, data_dir, log2_tasks="0,fresh")
     c.train_steps, c.log_every, c.ckpt_every = 2, 1, 2
     rows = gpicl_transition.run(c, tmp_path)
     res = json.loads((tmp_path / "results.json").read_text())
-    assert (tmp_path / "gpicl_transition.png").exists() and (tmp_path / "tasks_2^0" / "seed_1" / "ckpt").exists()
+    assert (tmp_path / "gpicl_transition.png").exists() and (tmp_path / "tasks_2^0" / "seed_0" / "ckpt").exists()
     s0, sf = res["sweep"]
-    assert s0["seeds"] == [0, 1] and len(s0["unseen_last"]) == 2 and sf["seen_last"] is None
+    assert s0["seeds"] == [0] and len(s0["unseen_last"]) == 1 and sf["seen_last"] is None
     assert len(res["curves"]["2^0"]["seen"]["acc"]) == 12 and res["curves"]["fresh"]["seen"] is None
     assert len(res["curves"]["2^0"]["unseen"]["acc"]) == 12
     assert res["baselines"]["logistic regression (GD on the prefix)"]["positions"] == [0, 1, 5, 11]
     assert all(r["verdict"] in ("reproduced", "not reproduced", "informational") for r in rows)
     assert rows[0]["claim"] == "at_most" and rows[0]["tol"] > 0 and rows[0]["why"]
+    left, right = figures["gpicl_transition"].axes
+    assert [t.get_text() for t in left.texts] == [s0["regime"].replace(" ", "\n"), sf["regime"].replace(" ", "\n")]
+    assert len(left.patches) == 2                                      # one regime band per pool size
+    assert len(right.lines) == 3 + 2 + 1                               # unseen ×2, seen ×1, 2 baselines, chance
 
 
 def test_regime_rule():
@@ -68,20 +91,26 @@ def test_plateau_length_rule():
 
 
 @pytest.mark.slow
-def test_plateau_state_transfer_end_to_end(data_dir, tmp_path):
+def test_plateau_state_transfer_end_to_end(data_dir, tmp_path, figures):
     c = toy(gpicl_plateau, data_dir, batch_sizes="8", bias_batch=8, bias_frac=0.25)
     rows = gpicl_plateau.run(c, tmp_path / "plateau")
     res = json.loads((tmp_path / "plateau" / "results.json").read_text())
     assert [r["batch"] for r in res["runs"]] == [8, 8] and res["runs"][-1]["metric"] == "loss_unbiased"
     assert len(res["runs"][0]["losses"]) == 2                          # logged at steps 2 and 4
     assert rows[0]["quantity"].startswith("plateau length")
-    c = toy(gpicl_state, data_dir, kinds="transformer,lstm,matrix")
+    curves_ax = figures["gpicl_plateau"].axes[0]
+    assert len(curves_ax.lines) == 2 + 2 + sum(r["escaped"] for r in res["runs"])   # curves, ln 10 lines, escapes
+    c = toy(gpicl_state, data_dir, kinds="transformer,matrix")    # the LSTM: tests/test_recurrent.py (one training less)
     gpicl_state.run(c, tmp_path / "state")
     res = json.loads((tmp_path / "state" / "results.json").read_text())
     m = res["models"]
+    assert len(res["seen_curves"]["matrix"]["acc"]) == 12 and 0 <= m["matrix"]["seen_last"] <= 1   # pool of 2^8 tasks
     n = m["transformer"]["params"]
-    assert all(abs(m[k]["params"] - n) / n < 0.2 for k in ("lstm", "matrix"))      # matched parameter counts
-    assert m["lstm"]["state_floats"] < m["matrix"]["state_floats"] < m["transformer"]["state_floats"]
+    assert abs(m["matrix"]["params"] - n) / n < 0.2                                 # matched parameter counts
+    # state: KV cache 2·D·layers·L = 2·8·1·12 = 192 floats; matrix H·K² + D = 2·(w/2)² + w at its width w
+    w = m["matrix"]["width"]
+    assert m["transformer"]["state_floats"] == 192 and m["matrix"]["state_floats"] == 2 * (w // 2) ** 2 + w
+    assert gpicl_state.state_floats(c, "lstm", w) == 2 * w < m["matrix"]["state_floats"]
     c = toy(gpicl_transfer, data_dir, test_sets="iris")
     rows = gpicl_transfer.run(c, tmp_path / "transfer")
     res = json.loads((tmp_path / "transfer" / "results.json").read_text())
@@ -117,3 +146,23 @@ def test_cli_data_dir_rules(tmp_path, capsys):
         c = gpicl_transfer.get_config()
         c.data_dir, c.test_sets = str(empty), "iris,svhn"
         gpicl_transfer.validate(c)
+
+
+@pytest.mark.parametrize("module", [gpicl_transition, gpicl_plateau, gpicl_state, gpicl_transfer])
+@pytest.mark.parametrize("scale", ["quick", "paper"])
+def test_configs_are_consistent(module, scale):
+    """Both tiers' keys pass the checks that need no data: positions inside the sequence, task lists."""
+    c = module.get_config(scale)
+    pos = gp.parse_positions(c.baseline_positions, c.seq_len)
+    assert pos[-1] == c.seq_len - 1 and c.seq_len == (50 if scale == "quick" else 100)
+    assert gp.parse_log2_tasks(c.log2_tasks)
+    assert 0 <= c.warmup < c.train_steps and c.width % c.n_heads == 0
+
+
+def test_boundary_must_be_in_the_sweep(data_dir):
+    c = gpicl_transition.get_config()
+    c.data_dir, c.download, c.boundary = data_dir, False, "4,fresh"
+    gpicl_transition.validate(c)
+    c.boundary = "6"
+    with pytest.raises(ConfigError, match="config.boundary='6': allowed a subset of log2_tasks"):
+        gpicl_transition.validate(c)

@@ -10,9 +10,9 @@ from models import recurrent as R
 @pytest.mark.parametrize("kind", R.KINDS)
 def test_causal_and_shapes(kind):
     cfg = R.RecurrentConfig(d_in=6, kind=kind, width=8, n_layers=2, n_heads=2, out_dim=3)
-    params = R.init_params(cfg, jax.random.key(0))
+    params = jax.jit(R.init_params, static_argnums=0)(cfg, jax.random.key(0))   # one compile, not op by op
     apply = jax.jit(R.RecurrentClassifier(cfg).apply)
-    x = jax.random.normal(jax.random.key(1), (2, 7, 6))
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 7, 6)), jnp.float32)
     out = apply(params, x)
     assert out.shape == (2, 7, 3) and out.dtype == jnp.float32
     out2 = apply(params, x.at[:, 4:].set(9.0))           # the future does not change the past
@@ -33,10 +33,11 @@ def test_matrix_cell_by_hand():
     """One MatrixCell step from a given state against the recurrence written out in NumPy."""
     H, K, B = 2, 3, 1
     cell = R.MatrixCell(width=H * K, n_heads=H)
-    carry = (jax.random.normal(jax.random.key(2), (B, H, K, K)), jax.random.normal(jax.random.key(3), (B, H, K)))
-    u = jax.random.normal(jax.random.key(4), (B, H * K))
-    params = cell.init(jax.random.key(5), carry, u)
-    (c1, n1), y = cell.apply(params, carry, u)
+    rng = np.random.default_rng(2)
+    carry = tuple(jnp.asarray(rng.normal(size=s), jnp.float32) for s in ((B, H, K, K), (B, H, K)))
+    u = jnp.asarray(rng.normal(size=(B, H * K)), jnp.float32)
+    params = jax.jit(cell.init)(jax.random.key(5), carry, u)
+    (c1, n1), y = jax.jit(cell.apply)(params, carry, u)
     p = jax.tree_util.tree_map(np.asarray, params["params"])
     un = np.asarray(u)[0]
     q = np.einsum("d,dhk->hk", un, p["q"]["kernel"]) + p["q"]["bias"]
