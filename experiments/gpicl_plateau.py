@@ -144,9 +144,6 @@ def run(config, workdir: pathlib.Path) -> list[dict]:
                         why=f"within 3 logging intervals ({config.log_every} steps each) of the start",
                         note=f"unbiased run at the same batch: {same_b['plateau_steps']}"
                              f"{'' if same_b['escaped'] else ' (censored)'}"))
-    for r in out:
-        rows.append(row(f"{r['name']}: final {r['metric']}", level, float(r["final_loss"]), "baseline",
-                        note="expected = ln 10 (chance), for reference"))
     write_results(workdir, rows, runs=out, level=level, wall_seconds=time.time() - t0,
                   cpu_seconds=time.process_time() - cpu0, load_average_start=load0, load_average_end=os.getloadavg())
     return rows
