@@ -5,6 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
+# pytest-xdist processes for `make test` (one per core of the 2-core CI machine)
+TEST_WORKERS ?= 2
 .PHONY: run test bench bench-peer venv clean-cache
 
 $(STAMP): requirements.lock pyproject.toml
@@ -20,7 +22,7 @@ run: $(STAMP)
 	$(BIN)/ictl reproduce --root runs
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run_all

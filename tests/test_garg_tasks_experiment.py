@@ -25,6 +25,15 @@ def test_sparse_linear_rows_compare_every_baseline(tmp_path):
     assert len(rows) == len(garg_tasks.BASELINES["sparse_linear"])
     assert all(n.startswith("transformer / ") and n.endswith(f"k={c.n_points - 1}") for n in names)
     assert all(np.isfinite(r["measured"]) and r["measured"] > 0 for r in rows)
+    assert all(r["verdict"] == "informational" for r in rows)  # quick tier: a smoke run, no claims
+
+
+def test_paper_claims_name_existing_baselines_and_give_reasons():
+    # a claim keyed by a misspelt baseline would silently never be checked
+    for (task, name), (claim, tol, why) in garg_tasks.PAPER_CLAIMS.items():
+        assert name in garg_tasks.BASELINES[task], (task, name)
+        assert claim in ("at_most", "equal") and tol >= 0 and why
+    assert {t for t, _ in garg_tasks.PAPER_CLAIMS} == set(garg_tasks.BASELINES) - {"linear"}
 
 
 def test_linear_with_ood_suites(tmp_path):

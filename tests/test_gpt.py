@@ -1,4 +1,5 @@
 """The GPT-2-style ICL model: shapes, parameter count, causality, dtypes, sharding, a training run."""
+import functools
 import os
 import subprocess
 import sys
@@ -12,6 +13,12 @@ import pytest
 
 from models.gpt import GPT, GPTConfig, SIZES, init_params, num_params, param_partition_specs
 from ictl.tasks import function_classes as fc
+
+
+@functools.partial(jax.jit, static_argnums=0, static_argnames="x_only")
+def _apply(cfg, params, tokens, x_only=False):
+    """GPT(cfg).apply compiled as one program (eager flax compiles every op on its own: slow tests)."""
+    return GPT(cfg).apply(params, tokens, x_only=x_only)
 
 
 def _count(L, D, d, T):
@@ -32,7 +39,7 @@ def test_shapes_sizes_and_param_count(tiny, x64):
     assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(params))
     assert num_params(params) == _count(3, 64, 5, 22)
     x = jax.random.normal(jax.random.key(1), (4, 11, 5))
-    out = GPT(cfg).apply(params, fc.interleave(x, x[..., 0]))
+    out = _apply(cfg, params, fc.interleave(x, x[..., 0]))
     assert out.shape == (4, 22) and out.dtype == jnp.float32
     for size, (L, H, D) in SIZES.items():
         c = GPTConfig.named(size, d_in=20, max_points=41)
@@ -81,7 +88,7 @@ def test_forward_matches_float64_numpy_definition(tiny):
     rand = jax.tree_util.tree_map_with_path(  # LayerNorm scales near 1
         lambda path, x: x + 1.0 if getattr(path[-1], "key", "") == "scale" else x, rand)
     tokens = jax.random.normal(jax.random.key(10), (3, 22, 5))
-    got = np.asarray(GPT(cfg).apply(rand, tokens), np.float64)
+    got = np.asarray(_apply(cfg, rand, tokens), np.float64)
     want = _numpy_gpt(jax.tree.map(lambda a: np.asarray(a, np.float64), rand["params"]),
                       np.asarray(tokens, np.float64), cfg)
     assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max(), np.abs(got - want).max()
@@ -95,12 +102,12 @@ def test_x_only_equals_the_full_forward_at_x_tokens(out_dim):
     cfg = GPTConfig(d_in=4, max_tokens=12, n_layers=2, n_heads=2, width=16, out_dim=out_dim)
     params = init_params(cfg, jax.random.key(3))
     tokens = jax.random.normal(jax.random.key(4), (3, 12, 4))
-    full = GPT(cfg).apply(params, tokens)[:, ::2]
-    part = GPT(cfg).apply(params, tokens, x_only=True)
+    full = _apply(cfg, params, tokens)[:, ::2]
+    part = _apply(cfg, params, tokens, x_only=True)
     assert part.shape == full.shape == ((3, 6) if out_dim == 1 else (3, 6, 3))
     np.testing.assert_allclose(part, full, rtol=1e-5, atol=1e-6)
-    g_full = jax.grad(lambda p: jnp.sum(jnp.sin(GPT(cfg).apply(p, tokens)[:, ::2])))(params)
-    g_part = jax.grad(lambda p: jnp.sum(jnp.sin(GPT(cfg).apply(p, tokens, x_only=True))))(params)
+    g_full = jax.jit(jax.grad(lambda p: jnp.sum(jnp.sin(GPT(cfg).apply(p, tokens)[:, ::2]))))(params)
+    g_part = jax.jit(jax.grad(lambda p: jnp.sum(jnp.sin(GPT(cfg).apply(p, tokens, x_only=True)))))(params)
     for a, b in zip(jax.tree.leaves(g_full), jax.tree.leaves(g_part)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
@@ -109,7 +116,7 @@ def test_causality_by_gradients(tiny):
     # ∂out_i/∂token_j must vanish exactly for j > i and not for j ≤ i.
     cfg, params = tiny
     tokens = jax.random.normal(jax.random.key(2), (1, 22, 5))
-    jac = jax.jacrev(lambda t: GPT(cfg).apply(params, t)[0])(tokens)[:, 0]   # [T_out, T_in, d]
+    jac = jax.jit(jax.jacrev(lambda t: GPT(cfg).apply(params, t)[0]))(tokens)[:, 0]   # [T_out, T_in, d]
     mag = np.asarray(jnp.sum(jnp.abs(jac), axis=-1))
     upper = np.triu(np.ones((22, 22), bool), k=1)
     assert np.all(mag[upper] == 0.0)
@@ -122,7 +129,7 @@ def test_other_attention_backends_are_causal(backend):
     cfg = GPTConfig(d_in=3, max_tokens=8, n_layers=1, n_heads=2, width=16, attention_backend=backend)
     params = init_params(cfg, jax.random.key(0))
     tokens = jax.random.normal(jax.random.key(1), (1, 8, 3))
-    jac = jax.jacrev(lambda t: GPT(cfg).apply(params, t)[0])(tokens)[:, 0]
+    jac = jax.jit(jax.jacrev(lambda t: GPT(cfg).apply(params, t)[0]))(tokens)[:, 0]
     mag = np.asarray(jnp.sum(jnp.abs(jac), axis=-1))
     assert np.all(mag[np.triu(np.ones((8, 8), bool), k=1)] == 0.0)
     assert np.all(np.diag(mag) > 0.0)
@@ -132,8 +139,8 @@ def test_bfloat16_compute_tracks_float32(tiny):
     cfg, params = tiny
     cfg16 = GPTConfig.named("tiny", d_in=5, max_points=11, dtype="bfloat16")
     t = jax.random.normal(jax.random.key(3), (8, 22, 5))
-    o32 = GPT(cfg).apply(params, t)
-    o16 = GPT(cfg16).apply(params, t)
+    o32 = _apply(cfg, params, t)
+    o16 = _apply(cfg16, params, t)
     assert o16.dtype == jnp.float32
     # bf16 has an 8-bit mantissa (rel. precision 2^-8 ≈ 4e-3); errors of a 3-layer net stay ~1e-2
     scale = float(jnp.max(jnp.abs(o32)))
@@ -148,14 +155,14 @@ def test_vector_read_out_shape_and_count(tiny):
     assert num_params(params3) == _count(3, 64, 5, 22) + 2 * (64 + 1)
     assert params3["params"]["read_out"]["kernel"].shape == (64, 3)
     tokens = jax.random.normal(jax.random.key(1), (4, 22, 5))
-    out = GPT(cfg3).apply(params3, tokens)
+    out = _apply(cfg3, params3, tokens)
     assert out.shape == (4, 22, 3) and out.dtype == jnp.float32
     # the body is shared: with the out_dim = 1 read-out copied into column 0, column 0 equals the scalar model
     cfg, params = tiny
     patched = {"params": {**params["params"], "read_out": {
         "kernel": params3["params"]["read_out"]["kernel"].at[:, :1].set(params["params"]["read_out"]["kernel"]),
         "bias": params3["params"]["read_out"]["bias"].at[:1].set(params["params"]["read_out"]["bias"])}}}
-    np.testing.assert_allclose(GPT(cfg3).apply(patched, tokens)[..., 0], GPT(cfg).apply(params, tokens),
+    np.testing.assert_allclose(_apply(cfg3, patched, tokens)[..., 0], _apply(cfg, params, tokens),
                                rtol=1e-6, atol=1e-6)
 
 
@@ -178,7 +185,7 @@ def test_causality_by_gradients_vector_output():
     cfg = GPTConfig(d_in=3, max_tokens=8, n_layers=1, n_heads=2, width=16, out_dim=2)
     params = init_params(cfg, jax.random.key(0))
     tokens = jax.random.normal(jax.random.key(1), (1, 8, 3))
-    jac = jax.jacrev(lambda t: GPT(cfg).apply(params, t)[0])(tokens)[:, :, 0]   # [T_out, o, T_in, d]
+    jac = jax.jit(jax.jacrev(lambda t: GPT(cfg).apply(params, t)[0]))(tokens)[:, :, 0]   # [T_out, o, T_in, d]
     assert jac.shape == (8, 2, 8, 3)
     upper = np.triu(np.ones((8, 8), bool), k=1)
     for c in range(2):
@@ -269,8 +276,8 @@ def test_tiny_training_run_loss_falls(tiny):
         return optax.apply_updates(p, u), o, loss
 
     p, o = params, tx.init(params)
-    first = float(loss_fn(params, jax.random.key(99)))
+    first = float(jax.jit(loss_fn)(params, jax.random.key(99)))
     for i in range(150):
         p, o, _ = step(p, o, jax.random.fold_in(jax.random.key(5), i))
-    last = float(loss_fn(p, jax.random.key(99)))
+    last = float(jax.jit(loss_fn)(p, jax.random.key(99)))
     assert 0.8 < first < 2.0 and last < 0.1, (first, last)

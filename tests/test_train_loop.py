@@ -33,6 +33,7 @@ def _same(a, b):
     return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
+@pytest.mark.xla_optimized
 def test_resume_is_bitwise_exact(tmp_path):
     state, step = _setup()
     key = jax.random.key(1)
@@ -167,6 +168,7 @@ def test_warmup_cosine_schedule():
         assert float(f(t)) == pytest.approx(v, rel=1e-6, abs=1e-12), t
 
 
+@pytest.mark.xla_optimized
 def test_steps_per_call_is_bitwise_k_single_steps_and_resumes(tmp_path):
     """K = 5 steps per dispatch (lax.scan, keys fold_in(key, step)) = 23 single steps, bit for bit,
     including the shorter last call (23 = 4·5 + 3) and a resume from the checkpoint at 10."""
@@ -224,6 +226,7 @@ def test_seed_stack_trains_each_seed_like_its_own_run(tmp_path):
     assert read_sessions(tmp_path / "S")[-1]["restored_step"] == 10 and _same(out_S, again)
 
 
+@pytest.mark.xla_optimized
 def test_steps_per_call_is_bitwise_for_the_gpt_step(tmp_path):
     """The Garg GPT train step (fresh prompts inside, Adam, x_only read-out) scanned 4 at a time ends
     bit for bit where 8 single calls do."""
