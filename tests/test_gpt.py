@@ -255,6 +255,7 @@ def test_sharded_forward_matches_on_fake_devices():
     assert diff < 1e-5  # float32 reassociation across shards only
 
 
+@pytest.mark.xla_optimized  # runs more than it compiles
 def test_tiny_training_run_loss_falls(tiny):
     # A non-in-context target y = x₁ (one fixed linear map). At init the read-out (Var 1/(3D) per
     # weight on a unit-variance LayerNorm output) gives outputs of variance ≈ 1/3, so the loss

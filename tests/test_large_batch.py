@@ -48,6 +48,7 @@ def test_baselines_same_at_scale(prompts, name, f):
     assert _full_vs_chunks(lambda a, b: bl.prefix_predictions(f, a, b), x, y) < 1e-4, name
 
 
+@pytest.mark.xla_optimized  # runs more than it compiles
 def test_bayes_same_at_scale(prompts):
     x, y = prompts
     pool = jax.random.normal(jax.random.key(1), (8, D))

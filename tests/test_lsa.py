@@ -74,6 +74,7 @@ def trained():
     return model, step, TrainState.create(params=params, tx=tx), steps
 
 
+@pytest.mark.xla_optimized  # runs more than it compiles
 def test_trained_lsa_reaches_min_loss_and_gamma_inverse(trained, tmp_path):
     model, step, state, steps = trained
     state, _ = fit(state, step, key=jax.random.key(1), num_steps=steps, workdir=tmp_path, log_every=100,

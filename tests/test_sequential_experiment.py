@@ -95,6 +95,7 @@ def test_dynamics_baselines_and_targets_closed_forms():
     assert np.all(cur.lo <= cur.mean) and np.all(cur.mean <= cur.hi)
 
 
+@pytest.mark.xla_optimized  # runs more than it compiles
 def test_randomized_labels_against_the_affine_least_squares_limit():
     # B prompts of N points, d = w = 2: affine least squares on windows tends to (½ − 1/π) + p²(½ + 1/π) of
     # E y² = d·w (`affine_ls_limit`); at k examples the Gaussian-design OLS estimation term adds

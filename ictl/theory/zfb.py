@@ -277,19 +277,33 @@ def _flow_until(u0, U0, lam, t_max, level, *, N, rtol, atol, max_steps):
     return sol.ts[-1], sol.event_mask, diffrax.is_okay(sol.result)
 
 
+def _time_to_eps_between_saves(traj: Trajectory, eps: float) -> float:
+    gap = np.asarray(traj.loss) - traj.loss_star
+    hit = np.nonzero(gap <= eps)[0]
+    if hit.size == 0:
+        return math.inf
+    i = int(hit[0])  # ≥ 1: the caller handled gap[0] ≤ eps
+    g0, g1, t0, t1 = gap[i - 1], gap[i], traj.t[i - 1], traj.t[i]
+    frac = (math.log(g0) - math.log(eps)) / (math.log(g0) - math.log(g1)) if g1 > 0 else (g0 - eps) / (g0 - g1)
+    return float(t0 + frac * (t1 - t0))
+
+
 def time_to_eps(traj: Trajectory, eps: float) -> float:
     """The first t ≤ traj.t[-1] with L(t) − L* ≤ eps along the gradient flow (math.inf if none).
 
-    A fresh solve of ``traj``'s initial-value problem (``traj.flow``, same tolerances) that a
-    diffrax ``Event`` stops where L − L* − eps changes sign; the root is located on the solver's
-    dense output. Returns traj.t[0] if the gap is already ≤ eps there.
+    For a gradient-flow trajectory (``traj.flow`` set): a fresh solve of its initial-value problem
+    (same tolerances) that a diffrax ``Event`` stops where L − L* − eps changes sign; the root is
+    located on the solver's dense output. For a trajectory without a flow (discrete GD on the
+    population loss, ``gd_on_population``; t = step · lr): interpolated between the saves, linearly
+    in log(gap) (the gap decays exponentially), or linearly in the gap if it is ≤ 0 at the right end.
+    Returns traj.t[0] if the gap is already ≤ eps there.
     """
     eps = _check_pos("eps", eps)
-    p = traj.flow
-    if p is None:
-        raise ValueError("traj: must come from gradient_flow(method='dopri5'), got a trajectory without its flow")
     if traj.loss[0] - traj.loss_star <= eps:
         return float(traj.t[0])
+    p = traj.flow
+    if p is None:
+        return _time_to_eps_between_saves(traj, eps)
     with jax.enable_x64(True):
         t, hit, ok = _flow_until(jnp.float64(p.u0), jnp.asarray(p.U0), jnp.asarray(p.lam), jnp.float64(traj.t[-1]),
                                  jnp.float64(traj.loss_star + eps), N=p.N, rtol=p.rtol, atol=p.atol,
