@@ -10,14 +10,22 @@ B, n, Q, d = 2, 5, 4, 3
 T = n + Q
 
 
+def _perturbed(cfg):
+    """Init, then every leaf + 0.3·N(0, 1): the read-out is zero at init (uniform bucket probabilities),
+    so outputs would not depend on the inputs. Jitted (eager x64-free ops compile one by one)."""
+    @jax.jit
+    def make(key):
+        params = init_params(cfg, key)
+        leaves, tree = jax.tree_util.tree_flatten(params)
+        keys = jax.random.split(jax.random.fold_in(key, 1), len(leaves))
+        return jax.tree_util.tree_unflatten(tree, [p + 0.3 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
+    return make(jax.random.key(0))
+
+
 @pytest.fixture(scope="module")
 def setup():
     cfg = PFNConfig(d_in=d, n_layers=2, n_heads=2, width=16, num_buckets=7, max_tokens=16)
-    params = init_params(cfg, jax.random.key(0))
-    # the read-out is zero at init (uniform bucket probabilities): perturb every leaf so outputs depend on inputs
-    leaves, tree = jax.tree_util.tree_flatten(params)
-    keys = jax.random.split(jax.random.key(1), len(leaves))
-    params = jax.tree_util.tree_unflatten(tree, [p + 0.3 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
+    params = _perturbed(cfg)
     x = jax.random.uniform(jax.random.key(2), (B, T, d))
     y = jax.random.normal(jax.random.key(3), (B, T))
     model = PFN(cfg)
@@ -66,8 +74,7 @@ def test_traced_context_size_and_predict_agree(setup):
 
 def test_positional_ablation_breaks_invariance_and_heads():
     cfg = PFNConfig(d_in=d, n_layers=1, n_heads=2, width=16, num_buckets=7, positional=True, max_tokens=16)
-    params = init_params(cfg, jax.random.key(0))
-    params = jax.tree_util.tree_map(lambda p: p + 0.3 * jax.random.normal(jax.random.key(5), p.shape), params)
+    params = _perturbed(cfg)
     x = jax.random.uniform(jax.random.key(2), (1, T, d))
     y = jax.random.normal(jax.random.key(3), (1, T))
     model = PFN(cfg)

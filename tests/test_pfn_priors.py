@@ -33,18 +33,19 @@ def test_hyperprior_gammas_use_rates():
     """Γ(α, β) with rate β: E ℓ = 3/6 = 0.5, E s = 2/0.15 = 13.3 (a scale β would give 18 and 0.3);
     noise = 1e-4 + Γ(1e-4, 1): ≥ 1e-4, and P(noise > 2e-4) = P(Γ > 1e-4) ≈ 1 − (1e-4)^1e-4 ≈ 9e-4."""
     M = 20000
-    ls, s, nz = gp_prior.sample_hyperparameters(jax.random.key(0), gp.HyperPrior(), batch=M, d=2)
+    ls, s, nz = jax.jit(lambda k: gp_prior.sample_hyperparameters(k, gp.HyperPrior(), batch=M, d=2))(jax.random.key(0))
     ls, s, nz = (np.asarray(a, np.float64) for a in (ls, s, nz))
     assert ls.mean() == pytest.approx(0.5, abs=4 * math.sqrt(3) / 6 / math.sqrt(2 * M))
     assert s.mean() == pytest.approx(2 / 0.15, abs=4 * math.sqrt(2) / 0.15 / math.sqrt(M))
     assert nz.min() >= 1e-4 * (1 - 1e-6)
     assert (nz > 2e-4).mean() < 3e-3
-    ds = gp_prior.sample_gp_hyperprior(jax.random.key(1), batch=256, n_points=50, d=1)
+    ds = jax.jit(lambda k: gp_prior.sample_gp_hyperprior(k, batch=256, n_points=50, d=1))(jax.random.key(1))
     assert np.all(np.isfinite(np.asarray(ds.y)))
 
 
 def test_bnn_prior():
-    small = bnn_prior.sample_bnn_classification(jax.random.key(0), batch=2000, n_points=20, d=3, hidden=5)
+    small = jax.jit(lambda k: bnn_prior.sample_bnn_classification(k, batch=2000, n_points=20, d=3, hidden=5))(
+        jax.random.key(0))
     assert small.x.shape == (2000, 20, 3) and set(np.unique(np.asarray(small.y))) == {0, 1}
     # the classes are exchangeable under the prior (W₂, b₂ symmetric): P(y = 1) = 1/2 (SE ≤ 0.5/√B)
     assert np.asarray(small.y).mean() == pytest.approx(0.5, abs=4 * 0.5 / math.sqrt(2000))
@@ -56,8 +57,8 @@ def test_bnn_prior():
     logit = np.log(p1 / (1 - p1))
     res = logit - a @ np.linalg.lstsq(a, logit, rcond=None)[0]
     assert np.max(np.abs(res)) < 1e-3 * max(1.0, np.max(np.abs(logit)))
-    big = bnn_prior.sample_bnn_classification(jax.random.key(1), batch=4, n_points=10, d=8, hidden=64,
-                                              activation="tanh")
+    big = jax.jit(lambda k: bnn_prior.sample_bnn_classification(k, batch=4, n_points=10, d=8, hidden=64,
+                                                                activation="tanh"))(jax.random.key(1))
     assert big.x.shape == (4, 10, 8)
 
 
