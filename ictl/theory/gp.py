@@ -6,11 +6,11 @@ Model: f ~ GP(0, k), y_i = f(x_i) + ε_i, ε_i ~ N(0, noise). Kernels (r² = Σ_
     rbf       k(x, x') = s · exp(−r²/2)
     matern52  k(x, x') = s · (1 + √5 r + 5r²/3) · exp(−√5 r)
 
-Posterior predictive at x_q given n points (K = k(X, X) + noise·I = LLᵀ, α = K⁻¹y):
+Posterior predictive at x_q given n points (K = k(X, X) + noise·I = LLᵀ, w = L⁻¹y, v = L⁻¹k_q):
 
-    mean = k_qᵀ α,   var = s + noise − ‖L⁻¹ k_q‖²          (var includes the observation noise)
+    mean = vᵀw,   var = s + noise − ‖v‖²          (var includes the observation noise)
 
-log marginal likelihood  log p(y | X) = −½ yᵀα − Σ log L_ii − (n/2) log 2π.
+log marginal likelihood  log p(y | X) = −½ ‖w‖² − Σ log L_ii − (n/2) log 2π.
 
 `mask` (optional, [n] of 0/1) keeps only the masked-in rows: K_m = (mmᵀ) ⊙ K + diag(1 − m) + noise·diag(m)
 and y ⊙ m give exactly the n' = Σm-point posterior and likelihood with static shapes (so prefix
@@ -59,13 +59,20 @@ def check_kernel(kernel: str) -> None:
         raise ValueError(f"kernel: got {kernel!r}; allowed {KERNELS}")
 
 
+def _concrete(value):
+    """value as a numpy array, or None when it is traced (inside jit/vmap: not checkable)."""
+    try:
+        return np.asarray(value, np.float64)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return None
+
+
 def _check_positive(name: str, value) -> None:
     """ValueError for a concrete non-positive or NaN value (traced values are not checked)."""
-    if isinstance(value, jax.core.Tracer):
-        return
-    v = np.asarray(value, np.float64)
-    if not np.all(v > 0):
-        raise ValueError(f"{name}: got {value!r}; allowed values > 0")
+    v = _concrete(value)
+    if v is not None and not np.all(v > 0):
+        got = repr(value) if v.ndim == 0 else f"an array with minimum {np.nanmin(v) if np.any(~np.isnan(v)) else 'NaN'}"
+        raise ValueError(f"{name}: got {got}; allowed values > 0")
 
 
 def check_hyperprior(prior: HyperPrior) -> None:
@@ -93,30 +100,34 @@ def kernel_matrix(x1: Float[Array, "n d"], x2: Float[Array, "m d"], *, kernel: s
     return outputscale * (1 + _SQRT5 * r + (5.0 / 3.0) * r2) * jnp.exp(-_SQRT5 * r)
 
 
-def _chol_parts(x, y, mask, *, kernel, lengthscale, outputscale, noise):
+def _chol_parts(x, y, mask, *, kernel, lengthscale, outputscale, noise, rhs=None):
+    """(L, L⁻¹ y_m, L⁻¹ rhs, m): one Cholesky and one triangular solve with the right-hand sides
+    stacked, a strictly sequential chain (two independent batched LAPACK calls running at once
+    deadlocked jaxlib 0.10.2's 2-thread CPU pool; see ictl/tasks/gp_prior.py)."""
     n = x.shape[0]
     m = jnp.ones(n, x.dtype) if mask is None else jnp.asarray(mask, x.dtype)
     k = kernel_matrix(x, x, kernel=kernel, lengthscale=lengthscale, outputscale=outputscale)
     k = k * (m[:, None] * m[None, :]) + jnp.diag(1 - m + noise * m)
     chol = jnp.linalg.cholesky(k)
-    alpha = jax.scipy.linalg.cho_solve((chol, True), y * m)
-    return chol, alpha, m
+    b = (y * m)[:, None] if rhs is None else jnp.concatenate([(y * m)[:, None], rhs], axis=1)
+    sol = jax.scipy.linalg.solve_triangular(chol, b, lower=True)
+    return chol, sol[:, 0], sol[:, 1:], m
 
 
 def _predict_one(x, y, xq, mask, kernel, lengthscale, outputscale, noise):
-    chol, alpha, m = _chol_parts(x, y, mask, kernel=kernel, lengthscale=lengthscale, outputscale=outputscale,
-                                 noise=noise)
+    m = jnp.ones(x.shape[0], x.dtype) if mask is None else jnp.asarray(mask, x.dtype)
     kq = kernel_matrix(x, xq, kernel=kernel, lengthscale=lengthscale, outputscale=outputscale) * m[:, None]
-    mean = kq.T @ alpha
-    v = jax.scipy.linalg.solve_triangular(chol, kq, lower=True)
+    _, w, v, _ = _chol_parts(x, y, m, kernel=kernel, lengthscale=lengthscale, outputscale=outputscale, noise=noise,
+                             rhs=kq)
+    mean = v.T @ w                                     # k_qᵀ K⁻¹ y = (L⁻¹k_q)ᵀ (L⁻¹y)
     var = outputscale + noise - jnp.sum(v * v, axis=0)
     return mean, jnp.maximum(var, noise)
 
 
 def _lml_one(x, y, mask, kernel, lengthscale, outputscale, noise):
-    chol, alpha, m = _chol_parts(x, y, mask, kernel=kernel, lengthscale=lengthscale, outputscale=outputscale,
-                                 noise=noise)
-    return (-0.5 * jnp.dot(y * m, alpha) - jnp.sum(jnp.log(jnp.diagonal(chol)))
+    chol, w, _, m = _chol_parts(x, y, mask, kernel=kernel, lengthscale=lengthscale, outputscale=outputscale,
+                                noise=noise)
+    return (-0.5 * jnp.dot(w, w) - jnp.sum(jnp.log(jnp.diagonal(chol)))
             - 0.5 * jnp.sum(m) * math.log(2 * math.pi))
 
 
@@ -130,7 +141,8 @@ def _flat_batch(x, y, mask, hypers=None):
     nb = int(np.prod(batch, dtype=np.int64))
     if y.shape != batch + (n,):
         raise ValueError(f"y: got shape {y.shape}; allowed {batch + (n,)} (x is {x.shape})")
-    if not isinstance(y, jax.core.Tracer) and not bool(jnp.all(jnp.isfinite(y))):
+    yc = _concrete(y)
+    if yc is not None and not np.all(np.isfinite(yc)):
         raise ValueError("y: got NaN or infinite values; allowed finite observations")
     m = jnp.ones(batch + (n,), jnp.float64) if mask is None else jnp.broadcast_to(jnp.asarray(mask, jnp.float64),
                                                                                    batch + (n,))
