@@ -35,7 +35,7 @@ def test_pfn_gp_end_to_end(tmp_path):
 @pytest.mark.slow
 def test_pfn_gp_hyperprior_end_to_end(tmp_path):
     c = _tiny(pfn_gp_hyperprior.get_config("quick"))
-    c.eval_datasets, c.nuts_datasets, c.nuts_warmup, c.nuts_samples, c.nuts_n, c.timing_n = 16, 2, 10, 10, (3,), 3
+    c.eval_datasets, c.nuts_datasets, c.nuts_warmup, c.nuts_samples, c.nuts_n, c.timing_n = 16, 2, 10, 10, (2, 3), 3
     c.ml2_restarts, c.ml2_steps = 2, 10
     rows = pfn_gp_hyperprior.run(c, tmp_path)
     assert (tmp_path / "pfn_gp_hyperprior.png").exists()
