@@ -54,11 +54,12 @@ def _draw(key, ls_Bxd, s_B, noise_B, *, batch, n_points, d, kernel, dtype):
         k_NxN = kernel_matrix(x_Nxd, x_Nxd, kernel=kernel, lengthscale=ls_d, outputscale=s)
         chol = jnp.linalg.cholesky(k_NxN + (nz + JITTER * s) * eye_NxN)
         ok = jnp.all(jnp.isfinite(chol))
-        # the barrier makes the fallback factorisation wait for the first: jaxlib's batched CPU
-        # Cholesky blocks its thread-pool worker on sub-tasks in the same pool, and two of them
-        # running concurrently on a 2-thread pool deadlocked (jaxlib 0.10.2; seen in training)
-        chol, k2_NxN = jax.lax.optimization_barrier((chol, k_NxN + (nz + JITTER_FALLBACK * s) * eye_NxN))
-        chol = jnp.where(ok, chol, jnp.linalg.cholesky(k2_NxN))
+        # the fallback factorisation reads a (zero) function of the first one, so it cannot start
+        # before it ends: jaxlib's batched CPU Cholesky blocks its thread-pool worker on sub-tasks
+        # queued in the same pool, and two running at once on a 2-thread pool deadlocked (jaxlib
+        # 0.10.2; an optimization_barrier did not order them: XLA's CPU thunks follow buffers)
+        after = 0.0 * jnp.nan_to_num(chol[0, 0], nan=0.0, posinf=0.0, neginf=0.0)
+        chol = jnp.where(ok, chol, jnp.linalg.cholesky(k_NxN + (nz + JITTER_FALLBACK * s + after) * eye_NxN))
         return chol, nz + jnp.where(ok, JITTER, JITTER_FALLBACK) * s
 
     chol_BxNxN, noise_B = jax.vmap(one)(x_BxNxd, ls_Bxd.astype(dtype), s_B, noise_B)
