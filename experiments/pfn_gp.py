@@ -54,10 +54,11 @@ def get_config(scale: str = "quick") -> ml_collections.ConfigDict:
     c.n_max = 50                       # context sizes 0..n_max; training datasets have n_max + 1 points
     c.n_layers, c.n_heads, c.width, c.mlp_ratio = 4, 4, 64, 2
     c.num_buckets, c.border_samples = 1000, 1_000_000
-    c.batch, c.lr, c.warmup, c.lr_end = 64, 1e-3, 150, 0.05
+    c.batch, c.lr, c.warmup, c.lr_end = 32, 1e-3, 150, 0.05
     c.train_steps, c.early_steps = 3000, 1000   # the bar model is evaluated at both lengths
     c.ablations, c.ablation_steps = ABLATIONS, 1500
     c.eval_datasets, c.log_every, c.ckpt_every = 512, 250, 1000
+    c.eval_n_step = 1                  # evaluate n = 0, step, 2·step, …, n_max
     c.panel_context = 6
     if scale == "paper":
         c.d, c.n_max = 5, 2000
@@ -65,7 +66,7 @@ def get_config(scale: str = "quick") -> ml_collections.ConfigDict:
         c.num_buckets, c.border_samples = 1000, 2_000_000
         c.batch, c.lr, c.warmup = 100, 1e-4, 10_000
         c.train_steps, c.early_steps, c.ablation_steps = 40_000, 5_000, 40_000
-        c.eval_datasets, c.log_every, c.ckpt_every = 1000, 1000, 5000
+        c.eval_datasets, c.log_every, c.ckpt_every, c.eval_n_step = 1000, 1000, 5000, 50
     return c
 
 
@@ -74,7 +75,7 @@ def validate(config) -> None:
     check(config.kernel in gp.KERNELS, "kernel", config.kernel, str(gp.KERNELS))
     check_ints_at_least_one(config, "d", "n_max", "n_layers", "n_heads", "width", "mlp_ratio", "batch",
                             "train_steps", "early_steps", "ablation_steps", "eval_datasets", "log_every",
-                            "ckpt_every", "panel_context")
+                            "ckpt_every", "panel_context", "eval_n_step")
     check_positive(config, "lengthscale", "outputscale", "noise", "lr")
     check(isinstance(config.num_buckets, int) and config.num_buckets >= 2, "num_buckets", config.num_buckets,
           "an integer >= 2")
@@ -172,7 +173,7 @@ def run(config, workdir: pathlib.Path) -> list[dict]:
     N = config.n_max + 1
     ev = jax.jit(functools.partial(_prior, config, batch=config.eval_datasets, n_points=N))(
         jax.random.key(config.seed + 1000))
-    n_list = list(range(0, config.n_max + 1))
+    n_list = sorted(set(range(0, config.n_max + 1, config.eval_n_step)) | {config.n_max})
     nll_ex = pt.exact_nll_over_context_sizes(ev.x, ev.y, n_list, kernel=config.kernel, lengthscale=config.lengthscale,
                                              outputscale=config.outputscale, noise=ev.noise)
     curves, final, history = {}, None, []
@@ -226,7 +227,7 @@ def run(config, workdir: pathlib.Path) -> list[dict]:
                     tol=3 * late["gap_se"][worst], claim="at_least",
                     why="3 paired MC standard errors: lower would mean a leak (a query seeing its own y)",
                     note=f"at n = {n_list[worst]}"))
-    sel = slice(1, config.n_max + 1)
+    sel = slice(1, None)  # n ≥ 1
     gap_late, gap_early = float(np.mean(late["gap"][sel])), float(np.mean(early["gap"][sel]))
     rows.append(row(f"mean PFN − exact NLL over n ∈ [1, {config.n_max}] ({config.train_steps} steps)", 0.0, gap_late,
                     "theory", tol=0.05, claim="at_most", why="the issue's quick-scale target (0.05 nats)"))
