@@ -18,12 +18,12 @@ def _tiny(c):
 @pytest.mark.slow
 def test_pfn_gp_end_to_end(tmp_path):
     c = _tiny(pfn_gp.get_config("quick"))
-    c.d = 2
+    c.d, c.ablations = 2, ("gaussian",)   # the positional ablation's model is covered by test_pfn_model
     rows = pfn_gp.run(c, tmp_path)
     for stem in ("pfn_gp.png", "pfn_gp.pdf", "results.json"):
         assert (tmp_path / stem).exists()
     res = json.loads((tmp_path / "results.json").read_text())
-    assert set(res["curves"]) == {"bar, 3 steps", "bar, 6 steps", "gaussian, 3 steps", "positional, 3 steps"}
+    assert set(res["curves"]) == {"bar, 3 steps", "bar, 6 steps", "gaussian, 3 steps"}
     # the exact GP at n = 0 is the prior predictive N(0, 1 + 1e-4): ½ ln(2π·1.0001) + ½ = 1.4190
     assert rows[0]["expected"] == pytest.approx(0.5 * math.log(2 * math.pi * 1.000101) + 0.5, abs=1e-6)
     assert rows[0]["verdict"] == "reproduced"
@@ -35,13 +35,14 @@ def test_pfn_gp_end_to_end(tmp_path):
 @pytest.mark.slow
 def test_pfn_gp_hyperprior_end_to_end(tmp_path):
     c = _tiny(pfn_gp_hyperprior.get_config("quick"))
-    c.eval_datasets, c.nuts_datasets, c.nuts_warmup, c.nuts_samples, c.nuts_n, c.timing_n = 16, 2, 10, 10, (2, 3), 3
-    c.ml2_restarts, c.ml2_steps = 2, 10
+    # NUTS at the shapes of test_gp_theory's NUTS test (4 datasets × 12 points, 150 + 150 steps): one trace
+    c.n_max, c.eval_datasets, c.nuts_datasets, c.nuts_warmup, c.nuts_samples = 11, 16, 4, 150, 150
+    c.nuts_n, c.timing_n, c.ml2_restarts, c.ml2_steps = (2, 3), 3, 2, 10
     rows = pfn_gp_hyperprior.run(c, tmp_path)
     assert (tmp_path / "pfn_gp_hyperprior.png").exists()
     res = json.loads((tmp_path / "results.json").read_text())
     assert set(res["seconds_per_dataset"]) == {"PFN", "ML-II", "NUTS"}
-    assert len(res["nll"]["ML-II"]) == 6 and len(rows) == 5
+    assert len(res["nll"]["ML-II"]) == 11 and len(rows) == 5
 
 
 def test_bad_configs():
