@@ -21,6 +21,7 @@ BENCHES = [  # (module, arguments, fragment)
     # the T = 32k comparison (≈ 3 min): its quick size (T = 4096) would replace that table
     ("bench.bench_moba", ["--out", str(DOCS / "benchmarks_kernels_sparse.md")], "benchmarks_kernels_sparse.md"),
     ("bench.bench_gpt", ["--quick"], "benchmarks_gpt.md"),
+    ("bench.bench_pfn", ["--quick"], "benchmarks_pfn.md"),
 ]
 # written by other commands, collected when present: `make bench-peer` (ictl vs the PyTorch original)
 OTHER_FRAGMENTS = ["benchmarks_peer.md"]

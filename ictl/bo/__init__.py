@@ -1,0 +1,1 @@
+"""Bayesian optimisation with PFN and GP surrogates: problems, tasks, acquisitions, the loop."""

@@ -1,0 +1,74 @@
+"""The PFN experiments end to end at toy sizes: files, rows, the n = 0 check, bad configs."""
+import json
+import math
+
+import pytest
+
+from experiments import pfn_gp, pfn_gp_hyperprior
+from ictl.config import ConfigError
+
+
+def _tiny(c):
+    c.n_max, c.n_layers, c.n_heads, c.width, c.num_buckets, c.border_samples = 6, 1, 2, 16, 20, 5000
+    c.batch, c.warmup, c.train_steps, c.early_steps, c.ablation_steps = 8, 0, 6, 3, 3
+    c.eval_datasets, c.log_every, c.ckpt_every, c.panel_context = 64, 3, 6, 3
+    return c
+
+
+@pytest.mark.slow
+def test_pfn_gp_end_to_end(tmp_path):
+    c = _tiny(pfn_gp.get_config("quick"))
+    c.d, c.ablations = 2, ("gaussian",)   # the positional ablation's model is covered by test_pfn_model
+    rows = pfn_gp.run(c, tmp_path)
+    for stem in ("pfn_gp.png", "pfn_gp.pdf", "results.json"):
+        assert (tmp_path / stem).exists()
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert set(res["curves"]) == {"bar, 3 steps", "bar, 6 steps", "gaussian, 3 steps"}
+    # the exact GP at n = 0 is the prior predictive N(0, 1 + 1e-4): ½ ln(2π·1.0001) + ½ = 1.4190
+    assert rows[0]["expected"] == pytest.approx(0.5 * math.log(2 * math.pi * 1.000101) + 0.5, abs=1e-6)
+    assert rows[0]["verdict"] == "reproduced"
+    # the exact GP improves with context (d = 2, ℓ = 0.6: NLL(n = 6) ≈ 0.3 < 1.42)
+    ex = res["curves"]["bar, 6 steps"]["exact"]
+    assert ex[6] < ex[0] - 0.5
+
+
+@pytest.mark.slow
+def test_pfn_gp_hyperprior_end_to_end(tmp_path):
+    c = _tiny(pfn_gp_hyperprior.get_config("quick"))
+    # NUTS at the shapes of test_gp_theory's NUTS test (4 datasets × 12 points, 150 + 150 steps): one trace
+    c.n_max, c.eval_datasets, c.nuts_datasets, c.nuts_warmup, c.nuts_samples = 11, 16, 4, 150, 150
+    c.nuts_n, c.timing_n, c.ml2_restarts, c.ml2_steps = (2, 3), 3, 2, 10
+    rows = pfn_gp_hyperprior.run(c, tmp_path)
+    assert (tmp_path / "pfn_gp_hyperprior.png").exists()
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert set(res["seconds_per_dataset"]) == {"PFN", "ML-II", "NUTS"}
+    assert len(res["nll"]["ML-II"]) == 11 and len(rows) == 5
+
+
+def test_bad_configs():
+    c = pfn_gp.get_config("quick")
+    c.kernel = "periodic"
+    with pytest.raises(ConfigError, match="config.kernel"):
+        pfn_gp.validate(c)
+    c = pfn_gp.get_config("quick")
+    c.lengthscale = 0.0
+    with pytest.raises(ConfigError, match="config.lengthscale"):
+        pfn_gp.validate(c)
+    c = pfn_gp.get_config("quick")
+    c.num_buckets = 1
+    with pytest.raises(ConfigError, match="config.num_buckets"):
+        pfn_gp.validate(c)
+    c = pfn_gp.get_config("quick")
+    c.noise = -1e-4
+    with pytest.raises(ConfigError, match="config.noise"):
+        pfn_gp.validate(c)
+    c = pfn_gp_hyperprior.get_config("quick")
+    c.nuts_n = (5, 40)
+    with pytest.raises(ConfigError, match="config.nuts_n"):
+        pfn_gp_hyperprior.validate(c)
+    c = pfn_gp_hyperprior.get_config("quick")
+    c.noise_prior = (1e-4, 0.0)
+    with pytest.raises(ConfigError, match="config.noise_prior"):
+        pfn_gp_hyperprior.validate(c)
+    with pytest.raises(ConfigError, match="config.scale"):
+        pfn_gp.get_config("huge")
