@@ -26,6 +26,11 @@ def test_sparse_linear_rows_compare_every_baseline(tmp_path):
     assert all(n.startswith("transformer / ") and n.endswith(f"k={c.n_points - 1}") for n in names)
     assert all(np.isfinite(r["measured"]) and r["measured"] > 0 for r in rows)
     assert all(r["verdict"] == "informational" for r in rows)  # quick tier: a smoke run, no claims
+    # noiseless sparse linear with k = 5 ≥ d = 3 examples: least squares recovers w exactly (float32
+    # round-off, error ≲ 1e-10), while the 20-step transformer's error is O(0.1–1); a least squares that
+    # is wrong (or fed the wrong prefix) leaves the ratio O(1)
+    by = {r["quantity"]: r["measured"] for r in rows}
+    assert by[f"transformer / least squares error at k={c.n_points - 1}"] > 1e4
 
 
 def test_paper_claims_name_existing_baselines_and_give_reasons():
