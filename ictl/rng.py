@@ -42,3 +42,9 @@ def bernoulli(key: jax.Array, p, shape) -> jax.Array:
     """``jax.random.bernoulli(key, p, shape)``, bitwise (scalar p)."""
     shape, flat = _flat(shape)
     return jax.random.bernoulli(key, p, flat).reshape(shape)
+
+
+def rademacher(key: jax.Array, shape, dtype=int) -> jax.Array:
+    """``jax.random.rademacher(key, shape, dtype)``, bitwise."""
+    shape, flat = _flat(shape)
+    return jax.random.rademacher(key, flat, dtype).reshape(shape)

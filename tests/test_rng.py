@@ -17,6 +17,7 @@ def test_same_bits_as_jax_random(shape):
         (rng.uniform(key, shape, jnp.float32, -2.0, 3.0), jax.random.uniform(key, shape, jnp.float32, -2.0, 3.0)),
         (rng.randint(key, shape, 0, 9), jax.random.randint(key, shape, 0, 9)),
         (rng.bernoulli(key, 0.3, shape), jax.random.bernoulli(key, 0.3, shape)),
+        (rng.rademacher(key, shape), jax.random.rademacher(key, shape)),
     ]
     for ours, theirs in pairs:
         assert ours.shape == theirs.shape and ours.dtype == theirs.dtype
@@ -24,6 +25,8 @@ def test_same_bits_as_jax_random(shape):
 
 
 def test_same_bits_under_vmap_and_old_threefry():
+    rbg = jax.random.key(2, impl="rbg")  # RngBitGenerator keys (vonoswald_gd) count the flat shape too
+    np.testing.assert_array_equal(np.asarray(rng.uniform(rbg, (4, 3, 2))), np.asarray(jax.random.uniform(rbg, (4, 3, 2))))
     keys = jax.random.split(jax.random.key(3), 4)
     ours = jax.vmap(lambda k: rng.normal(k, (5, 3)))(keys)
     np.testing.assert_array_equal(np.asarray(ours), np.asarray(jax.vmap(lambda k: jax.random.normal(k, (5, 3)))(keys)))
