@@ -41,7 +41,7 @@ import numpy as np
 import optax
 
 from experiments import garg_linear
-from ictl import lsa_training
+from ictl import lsa_training, rng
 from ictl.config import SCALES, ConfigError, check, check_ints_at_least_one, check_positive
 from ictl.results import new_figure, row, save_figure, write_results
 from ictl.tasks import function_classes as fc
@@ -124,7 +124,7 @@ def permutation_spread(predict, x_BxKxd, y_BxK, xq_Bxd, *, n_perms: int, key) ->
     B, K, _ = x_BxKxd.shape
     preds = []
     for p in range(n_perms):
-        perm_BxK = jnp.argsort(jax.random.uniform(jax.random.fold_in(key, p), (B, K)), axis=1)
+        perm_BxK = jnp.argsort(rng.uniform(jax.random.fold_in(key, p), (B, K)), axis=1)
         xp = jnp.take_along_axis(x_BxKxd, perm_BxK[..., None], axis=1)
         yp = jnp.take_along_axis(y_BxK, perm_BxK, axis=1)
         preds.append(np.asarray(predict(xp, yp, xq_Bxd), np.float64))

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ictl import rng
 from ictl.config import check
 from ictl.theory import gmm_posterior as gp
 from ictl.train import TrainState, config_optimizer, fit, make_train_step, shard_batch
@@ -62,9 +63,9 @@ def sample_prior(key: jax.Array, mp: MetaPrior, batch: int) -> GMM:
     else:
         g = jax.random.gamma(kw, mp.alpha, (batch, mp.K))
     logw = jnp.log(jnp.maximum(g, 1e-30))
-    mu = mp.center * jax.random.normal(kc, (batch, 1, mp.d)) + mp.spread * jax.random.normal(km, (batch, mp.K, mp.d))
-    s = jnp.exp(jax.random.uniform(ks, (batch, mp.K, mp.d), minval=math.log(mp.std_lo), maxval=math.log(mp.std_hi)))
-    off = OFF_DIAG * jax.random.normal(ko, (batch, mp.K, mp.d, mp.d)) * s[..., :, None]
+    mu = mp.center * rng.normal(kc, (batch, 1, mp.d)) + mp.spread * rng.normal(km, (batch, mp.K, mp.d))
+    s = jnp.exp(rng.uniform(ks, (batch, mp.K, mp.d), minval=math.log(mp.std_lo), maxval=math.log(mp.std_hi)))
+    off = OFF_DIAG * rng.normal(ko, (batch, mp.K, mp.d, mp.d)) * s[..., :, None]
     k = jnp.arange(mp.d)
     chol = jnp.tril(off, -1).at[..., k, k].set(s)
     return GMM(jax.nn.log_softmax(logw, -1), mu, chol)
@@ -75,7 +76,7 @@ def sample_theta(key: jax.Array, prior: GMM) -> jax.Array:
     comp_B = jax.random.categorical(kc, prior.logits_BxK)
     B, d = prior.means_BxKxd.shape[0], prior.means_BxKxd.shape[-1]
     L = prior.chol_BxKxdxd[jnp.arange(B), comp_B]
-    return prior.means_BxKxd[jnp.arange(B), comp_B] + jnp.einsum("bij,bj->bi", L, jax.random.normal(kz, (B, d)))
+    return prior.means_BxKxd[jnp.arange(B), comp_B] + jnp.einsum("bij,bj->bi", L, rng.normal(kz, (B, d)))
 
 
 def sample_obs(key: jax.Array, theta_Bxd, obs_types, *, n_fixed: int | None = None):
@@ -89,9 +90,9 @@ def sample_obs(key: jax.Array, theta_Bxd, obs_types, *, n_fixed: int | None = No
         cR = jnp.asarray(np.linalg.cholesky(np.asarray(ot.R, np.float64)), jnp.float32)
         n_max = ot.n_max
         shape = (B, n_max, H.shape[0])
-        eps = (jax.random.t(ke, ot.df, shape) if ot.df > 0 else jax.random.normal(ke, shape)) @ cR.T
+        eps = (jax.random.t(ke, ot.df, shape) if ot.df > 0 else rng.normal(ke, shape)) @ cR.T
         ys.append((theta_Bxd @ H.T)[:, None, :] + eps)
-        n_B = (jax.random.randint(kn, (B,), ot.n_min, ot.n_max + 1) if n_fixed is None
+        n_B = (rng.randint(kn, (B,), ot.n_min, ot.n_max + 1) if n_fixed is None
                else jnp.full((B,), n_fixed))
         masks.append(jnp.arange(n_max)[None, :] < n_B[:, None])
     return ys, masks

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from ictl import rng
 from ictl.tasks.function_classes import interleave, predictions_at_x
 
 
@@ -45,7 +46,7 @@ def error_curve(
         raise ValueError(f"pred/target: got shapes {pred_BxN.shape}/{target_BxN.shape}; allowed equal [B, N]")
     err_BxN = jnp.square(jnp.asarray(pred_BxN, jnp.float32) - jnp.asarray(target_BxN, jnp.float32)) / norm
     B = err_BxN.shape[0]
-    idx_RxB = jax.random.randint(key, (n_boot, B), 0, B)
+    idx_RxB = rng.randint(key, (n_boot, B), 0, B)
     boot_RxN = _boot_means(err_BxN, idx_RxB)
     a = (1 - level) / 2
     lo, hi = jnp.quantile(boot_RxN, jnp.array([a, 1 - a]), axis=0)

@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
+from ictl import rng
 
 
 class TaskSpec(NamedTuple):
@@ -51,7 +52,7 @@ def _active(d: int, d_active) -> Float[Array, "d"]:
 # ----------------------------------------------------------------------------- linear
 def sample_linear(key, *, batch: int, d: int, d_active=None, scale: float = 1.0, dtype=jnp.float32):
     """w ~ N(0, scale² I) on the active dims (zero elsewhere); params = {"w": [B, d]}."""
-    w_Bxd = scale * jax.random.normal(key, (batch, d), dtype) * _active(d, d_active).astype(dtype)[None, :]
+    w_Bxd = scale * rng.normal(key, (batch, d), dtype) * _active(d, d_active).astype(dtype)[None, :]
     return {"w": w_Bxd}
 
 
@@ -64,8 +65,8 @@ def sample_sparse_linear(key, *, batch: int, d: int, d_active=None, sparsity: in
     if sparsity > d:
         raise ValueError(f"sparsity: got {sparsity}; allowed 1..d={d}")
     k_w, k_s = jax.random.split(key)
-    w_Bxd = jax.random.normal(k_w, (batch, d), dtype)
-    score_Bxd = jax.random.uniform(k_s, (batch, d)) + 2.0 * _active(d, d_active)[None, :]  # active first
+    w_Bxd = rng.normal(k_w, (batch, d), dtype)
+    score_Bxd = rng.uniform(k_s, (batch, d)) + 2.0 * _active(d, d_active)[None, :]  # active first
     _, idx_Bxs = jax.lax.top_k(score_Bxd, sparsity)
     keep_Bxd = jnp.zeros((batch, d), dtype).at[jnp.arange(batch)[:, None], idx_Bxs].set(1)
     return {"w": w_Bxd * keep_Bxd}
@@ -75,8 +76,8 @@ def sample_sparse_linear(key, *, batch: int, d: int, d_active=None, sparsity: in
 def sample_relu_2nn(key, *, batch: int, d: int, d_active=None, hidden: int = 100, dtype=jnp.float32):
     """W1 ~ N(0, 1)^{d×h} (inactive rows zero), a ~ N(0, 1)^h."""
     k1, k2 = jax.random.split(key)
-    w1_BxdxH = jax.random.normal(k1, (batch, d, hidden), dtype) * _active(d, d_active).astype(dtype)[None, :, None]
-    a_BxH = jax.random.normal(k2, (batch, hidden), dtype)
+    w1_BxdxH = rng.normal(k1, (batch, d, hidden), dtype) * _active(d, d_active).astype(dtype)[None, :, None]
+    a_BxH = rng.normal(k2, (batch, hidden), dtype)
     return {"w1": w1_BxdxH, "a": a_BxH}
 
 
@@ -95,8 +96,8 @@ def sample_decision_tree(key, *, batch: int, d: int, d_active=None, depth: int =
     k_c, k_l = jax.random.split(key)
     n_inner = 2**depth - 1
     hi = d if d_active is None else d_active
-    coord_BxI = jax.random.randint(k_c, (batch, n_inner), 0, hi)
-    leaf_BxL = jax.random.normal(k_l, (batch, 2**depth), dtype)
+    coord_BxI = rng.randint(k_c, (batch, n_inner), 0, hi)
+    leaf_BxL = rng.normal(k_l, (batch, 2**depth), dtype)
     return {"coord": coord_BxI, "leaf": leaf_BxL}
 
 
@@ -159,11 +160,11 @@ def sample_prompts(
     k_f, k_x, k_e = jax.random.split(key, 3)
     params = spec.sample(k_f, batch=batch, d=d, d_active=d_active, **(task_kwargs or {}))
     if x is None:
-        x = jax.random.normal(k_x, (batch, n_points, d)) * _active(d, d_active)[None, None, :]
+        x = rng.normal(k_x, (batch, n_points, d)) * _active(d, d_active)[None, None, :]
     y = spec.apply(params, x)
     sigma = DEFAULT_NOISE.get(task, 0.0) if noise_std is None else noise_std
     if sigma:
-        y = y + sigma * jax.random.normal(k_e, y.shape, y.dtype)
+        y = y + sigma * rng.normal(k_e, y.shape, y.dtype)
     return FunctionPrompts(x, y, params)
 
 

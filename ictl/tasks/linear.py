@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from ictl import rng
+
 
 class Prompts(NamedTuple):
     x_ctx: Float[Array, "B N d"]
@@ -29,7 +31,7 @@ class Prompts(NamedTuple):
 
 
 def _gauss(key, shape, cov, dtype):
-    z = jax.random.normal(key, shape, dtype)
+    z = rng.normal(key, shape, dtype)
     if cov is None:
         return z
     chol = jnp.linalg.cholesky(jnp.asarray(cov, dtype))
@@ -38,7 +40,7 @@ def _gauss(key, shape, cov, dtype):
 
 def random_diag_cov(key, *, batch: int, d: int, lo: float, hi: float, dtype=jnp.float32):
     """Per-prompt Λ = diag(λ), λ_j ~ U(lo, hi) i.i.d. (the generalized setting's prior)."""
-    lam_Bxd = jax.random.uniform(key, (batch, d), dtype, lo, hi)
+    lam_Bxd = rng.uniform(key, (batch, d), dtype, lo, hi)
     return jax.vmap(jnp.diag)(lam_Bxd)
 
 
@@ -77,7 +79,7 @@ def sample_linear_prompts(
         w_Bxd = _gauss(k_w, (batch, d), w_cov, dtype)
     else:
         w_Bxd = jnp.broadcast_to(jnp.asarray(w, dtype), (batch, d))
-    eps = noise_std * jax.random.normal(k_e, (batch, n_ctx + n_query), dtype)
+    eps = noise_std * rng.normal(k_e, (batch, n_ctx + n_query), dtype)
     y_ctx = jnp.einsum("bnd,bd->bn", x_ctx, w_Bxd) + eps[:, :n_ctx]
     y_q = jnp.einsum("bqd,bd->bq", x_q, w_Bxd) + eps[:, n_ctx:]
     return Prompts(x_ctx, y_ctx, x_q, y_q, w_Bxd, per_prompt)

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from ictl import rng
 from ictl.tasks.linear import Prompts, sample_linear_prompts
 
 RESPONSES: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -68,7 +69,7 @@ def sample_nonlinear_prompts(
     lin = sample_linear_prompts(
         k_lin, batch=batch, n_ctx=n_ctx, d=d, n_query=n_query, cov=cov, w_cov=w_cov, dtype=dtype
     )
-    eps_BxT = noise_std * jax.random.normal(k_eps, (batch, n_ctx + n_query), dtype)
+    eps_BxT = noise_std * rng.normal(k_eps, (batch, n_ctx + n_query), dtype)
     y_ctx_BxN = f(lin.y_ctx) + eps_BxT[:, :n_ctx]
     y_q_BxQ = f(lin.y_q) + eps_BxT[:, n_ctx:]
     return lin._replace(y_ctx=y_ctx_BxN, y_q=y_q_BxQ)

@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from ictl import rng
+
 SUITES = ("standard", "skewed", "half_subspace", "orthogonal", "overlapping", "random_quadrants",
           "scale_x", "scale_y", "noisy")
 SCALES = (1 / 3, 1 / 2, 2.0, 3.0)
@@ -41,7 +43,7 @@ class OODPrompts(NamedTuple):
 
 def haar_orthogonal(key, d: int) -> Float[Array, "d d"]:
     """A Haar-random orthogonal d×d matrix (QR of a Gaussian with the sign fix)."""
-    q, r = jnp.linalg.qr(jax.random.normal(key, (d, d)))
+    q, r = jnp.linalg.qr(rng.normal(key, (d, d)))
     return q * jnp.sign(jnp.diag(r))[None, :]
 
 
@@ -90,9 +92,9 @@ def sample_ood(
     if suite == "half_subspace" and d < 2:
         raise ValueError(f"d: got {d}; allowed d >= 2 for half_subspace")
     k_w, k_x, k_q, k_u, k_e, k_s = jax.random.split(key, 6)
-    w_Bxd = jax.random.normal(k_w, (batch, d))
-    z_BxNxd = jax.random.normal(k_x, (batch, n_points, d))
-    zq_BxNxd = jax.random.normal(k_q, (batch, n_points, d))
+    w_Bxd = rng.normal(k_w, (batch, d))
+    z_BxNxd = rng.normal(k_x, (batch, n_points, d))
+    zq_BxNxd = rng.normal(k_q, (batch, n_points, d))
     x = z_BxNxd
     xq = None
     c_y = 1.0
@@ -105,10 +107,10 @@ def sample_ood(
         xq = jax.vmap(_orth_query)(x, zq_BxNxd)
     elif suite == "overlapping":
         k_Nx1 = jnp.arange(n_points)[:, None]
-        j_BxN = jnp.floor(jax.random.uniform(k_s, (batch, n_points)) * jnp.maximum(k_Nx1.T, 1)).astype(jnp.int32)
+        j_BxN = jnp.floor(rng.uniform(k_s, (batch, n_points)) * jnp.maximum(k_Nx1.T, 1)).astype(jnp.int32)
         xq = jnp.take_along_axis(x, j_BxN[..., None], axis=1)
     elif suite == "random_quadrants":
-        s_Bx1xd = jnp.where(jax.random.bernoulli(k_s, 0.5, (batch, 1, d)), 1.0, -1.0)
+        s_Bx1xd = jnp.where(rng.bernoulli(k_s, 0.5, (batch, 1, d)), 1.0, -1.0)
         x = jnp.abs(z_BxNxd) * s_Bx1xd
         xq = zq_BxNxd
     elif suite == "scale_x":
@@ -119,7 +121,7 @@ def sample_ood(
     y = c_y * jnp.einsum("bnd,bd->bn", x, w_Bxd)
     yq = c_y * jnp.einsum("bnd,bd->bn", xq, w_Bxd)
     if suite == "noisy":
-        e_Bx2xN = noise_std * jax.random.normal(k_e, (batch, 2, n_points))
+        e_Bx2xN = noise_std * rng.normal(k_e, (batch, 2, n_points))
         same = xq is x
         y = y + e_Bx2xN[:, 0]
         yq = y if same else yq + e_Bx2xN[:, 1]

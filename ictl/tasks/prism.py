@@ -32,6 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from ictl import rng
+
 FOURIER_MAX_FREQ = 10
 FOURIER_L = 5.0
 
@@ -70,11 +72,11 @@ def sample_fourier(key: jax.Array, *, batch: int, n_points: int, n_max: int = FO
     """Fourier-series prompts; params = {"c": [B, p]} with c ~ N(0, s² I), x = [B, N, 1]."""
     _check_pos(batch=batch, n_points=n_points)
     k_x, k_c, k_e = jax.random.split(key, 3)
-    x_BxNx1 = jax.random.uniform(k_x, (batch, n_points, 1), dtype, -L, L)
+    x_BxNx1 = rng.uniform(k_x, (batch, n_points, 1), dtype, -L, L)
     p = 2 * n_max + 1
-    c_Bxp = fourier_coef_std(n_max) * jax.random.normal(k_c, (batch, p), dtype)
+    c_Bxp = fourier_coef_std(n_max) * rng.normal(k_c, (batch, p), dtype)
     y_BxN = jnp.einsum("bnp,bp->bn", fourier_features(x_BxNx1, n_max=n_max, L=L), c_Bxp)
-    y_BxN = y_BxN + noise_std * jax.random.normal(k_e, y_BxN.shape, dtype)
+    y_BxN = y_BxN + noise_std * rng.normal(k_e, y_BxN.shape, dtype)
     return PrismPrompts(x_BxNx1, y_BxN, {"c": c_Bxp})
 
 
@@ -90,16 +92,16 @@ def sample_gmm_linear(key: jax.Array, *, batch: int, n_points: int, d: int, shif
     """w ~ ½N(+shift e₁, Σ) + ½N(−shift e₁, Σ); params = {"w": [B, d], "component": [B] in {0, 1}}."""
     _check_pos(batch=batch, n_points=n_points, d=d)
     k_c, k_w, k_x, k_e = jax.random.split(key, 4)
-    comp_B = jax.random.bernoulli(k_c, 0.5, (batch,)).astype(jnp.int32)
-    z_Bxd = jax.random.normal(k_w, (batch, d), dtype)
+    comp_B = rng.bernoulli(k_c, 0.5, (batch,)).astype(jnp.int32)
+    z_Bxd = rng.normal(k_w, (batch, d), dtype)
     if cov is not None:
         cov = jnp.asarray(cov, dtype)
         if cov.shape != (d, d):
             raise ValueError(f"cov: got shape {cov.shape}; allowed ({d}, {d})")
         z_Bxd = z_Bxd @ jnp.linalg.cholesky(cov).T
     w_Bxd = gmm_means(d, shift=shift, dtype=dtype)[comp_B] + z_Bxd
-    x_BxNxd = jax.random.normal(k_x, (batch, n_points, d), dtype)
-    y_BxN = jnp.einsum("bnd,bd->bn", x_BxNxd, w_Bxd) + noise_std * jax.random.normal(k_e, (batch, n_points), dtype)
+    x_BxNxd = rng.normal(k_x, (batch, n_points, d), dtype)
+    y_BxN = jnp.einsum("bnd,bd->bn", x_BxNxd, w_Bxd) + noise_std * rng.normal(k_e, (batch, n_points), dtype)
     return PrismPrompts(x_BxNxd, y_BxN, {"w": w_Bxd, "component": comp_B})
 
 
@@ -121,9 +123,9 @@ def sample_gaussian_linear(key: jax.Array, *, batch: int, n_points: int, d: int,
     if v_d.shape != (d,):
         raise ValueError(f"prior_var: got shape {v_d.shape}; allowed ({d},)")
     k_w, k_x, k_e = jax.random.split(key, 3)
-    w_Bxd = jnp.sqrt(v_d)[None, :] * jax.random.normal(k_w, (batch, d), dtype)
-    x_BxNxd = jax.random.normal(k_x, (batch, n_points, d), dtype)
-    y_BxN = jnp.einsum("bnd,bd->bn", x_BxNxd, w_Bxd) + noise_std * jax.random.normal(k_e, (batch, n_points), dtype)
+    w_Bxd = jnp.sqrt(v_d)[None, :] * rng.normal(k_w, (batch, d), dtype)
+    x_BxNxd = rng.normal(k_x, (batch, n_points, d), dtype)
+    y_BxN = jnp.einsum("bnd,bd->bn", x_BxNxd, w_Bxd) + noise_std * rng.normal(k_e, (batch, n_points), dtype)
     return PrismPrompts(x_BxNxd, y_BxN, {"w": w_Bxd})
 
 
@@ -133,7 +135,7 @@ def make_task_pool(pool_seed: int, *, log2_size: int, d: int, dtype=jnp.float32)
     if not isinstance(log2_size, int) or not 0 <= log2_size <= 24:
         raise ValueError(f"log2_size: got {log2_size!r}; allowed an integer in 0..24")
     _check_pos(d=d)
-    return jax.random.normal(jax.random.key(pool_seed), (2**log2_size, d), dtype)
+    return rng.normal(jax.random.key(pool_seed), (2**log2_size, d), dtype)
 
 
 def sample_pool_prompts(key: jax.Array, pool_Mxd: Float[Array, "M d"], *, batch: int, n_points: int,
@@ -142,11 +144,11 @@ def sample_pool_prompts(key: jax.Array, pool_Mxd: Float[Array, "M d"], *, batch:
     _check_pos(batch=batch, n_points=n_points)
     M, d = pool_Mxd.shape
     k_m, k_x, k_e = jax.random.split(key, 3)
-    idx_B = jax.random.randint(k_m, (batch,), 0, M)
+    idx_B = rng.randint(k_m, (batch,), 0, M)
     w_Bxd = pool_Mxd[idx_B]
-    x_BxNxd = jax.random.normal(k_x, (batch, n_points, d), pool_Mxd.dtype)
+    x_BxNxd = rng.normal(k_x, (batch, n_points, d), pool_Mxd.dtype)
     y_BxN = jnp.einsum("bnd,bd->bn", x_BxNxd, w_Bxd)
-    y_BxN = y_BxN + noise_std * jax.random.normal(k_e, y_BxN.shape, y_BxN.dtype)
+    y_BxN = y_BxN + noise_std * rng.normal(k_e, y_BxN.shape, y_BxN.dtype)
     return PrismPrompts(x_BxNxd, y_BxN, {"w": w_Bxd, "index": idx_B})
 
 

@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Complex, Float
 
+from ictl import rng
+
 X1_DISTS = ("rademacher", "gaussian", "shifted")
 
 # Exact moments of one coordinate x = x_{1j}: (E x, E x³, E x², E x⁴, E x⁶). N(μ, 1):
@@ -66,11 +68,11 @@ def x1_moments(dist: str) -> Moments:
 def sample_x1(key: jax.Array, *, batch: int, d: int, dist: str, dtype=jnp.float32) -> Float[Array, "B d"]:
     """B initial tokens with i.i.d. coordinates from ``dist``."""
     if dist == "rademacher":
-        return jax.random.rademacher(key, (batch, d), dtype)
+        return rng.rademacher(key, (batch, d), dtype)
     if dist == "gaussian":
-        return jax.random.normal(key, (batch, d), dtype)
+        return rng.normal(key, (batch, d), dtype)
     if dist == "shifted":
-        return 1.0 + jax.random.normal(key, (batch, d), dtype)
+        return 1.0 + rng.normal(key, (batch, d), dtype)
     raise ValueError(f"dist: got {dist!r}; allowed {X1_DISTS}")
 
 
@@ -94,7 +96,7 @@ def sample_rotation_sequences(
             raise ValueError(f"{name}: got {v!r}; allowed an int >= 1")
     real = jnp.finfo(dtype).dtype  # float32 for complex64, float64 for complex128
     k_theta, k_x = jax.random.split(key)
-    theta_Bxd = jax.random.uniform(k_theta, (batch, d), real, 0.0, 2 * jnp.pi)
+    theta_Bxd = rng.uniform(k_theta, (batch, d), real, 0.0, 2 * jnp.pi)
     x1_Bxd = sample_x1(k_x, batch=batch, d=d, dist=dist, dtype=real)
     lag_T = jnp.arange(length, dtype=real)
     phase_BxTxd = lag_T[None, :, None] * theta_Bxd[:, None, :]

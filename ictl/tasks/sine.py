@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from ictl import rng
+
 
 class SinePrompts(NamedTuple):
     x_ctx: Float[Array, "B N 1"]
@@ -51,8 +53,8 @@ def sample_sine_prompts(
     _check_range("phase_range", phase_range)
     _check_range("x_range", x_range)
     k_a, k_p, k_x = jax.random.split(key, 3)
-    amp_B = jax.random.uniform(k_a, (batch,), dtype, *amp_range)
-    phase_B = jax.random.uniform(k_p, (batch,), dtype, *phase_range)
-    x_BxTx1 = jax.random.uniform(k_x, (batch, n_ctx + n_query, 1), dtype, *x_range)
+    amp_B = rng.uniform(k_a, (batch,), dtype, *amp_range)
+    phase_B = rng.uniform(k_p, (batch,), dtype, *phase_range)
+    x_BxTx1 = rng.uniform(k_x, (batch, n_ctx + n_query, 1), dtype, *x_range)
     y_BxT = amp_B[:, None] * jnp.sin(x_BxTx1[..., 0] + phase_B[:, None])
     return SinePrompts(x_BxTx1[:, :n_ctx], y_BxT[:, :n_ctx], x_BxTx1[:, n_ctx:], y_BxT[:, n_ctx:], amp_B, phase_B)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from ictl import rng
 from ictl.tasks.linear import Prompts
 
 
@@ -42,9 +43,9 @@ def sample_uniform_linear_prompts(
     if isinstance(w_scale, (int, float)) and not w_scale >= 0:
         raise ValueError(f"w_scale: got {w_scale!r}; allowed a non-negative number")
     k_x, k_q, k_w = jax.random.split(key, 3)
-    x_BxNxd = jax.random.uniform(k_x, (batch, n_ctx, d), dtype, -x_range, x_range)
-    xq_BxQxd = jax.random.uniform(k_q, (batch, n_query, d), dtype, -x_range, x_range)
-    w_Bxd = w_scale * jax.random.normal(k_w, (batch, d), dtype)
+    x_BxNxd = rng.uniform(k_x, (batch, n_ctx, d), dtype, -x_range, x_range)
+    xq_BxQxd = rng.uniform(k_q, (batch, n_query, d), dtype, -x_range, x_range)
+    w_Bxd = w_scale * rng.normal(k_w, (batch, d), dtype)
     y_BxN = jnp.einsum("bnd,bd->bn", x_BxNxd, w_Bxd)
     yq_BxQ = jnp.einsum("bqd,bd->bq", xq_BxQxd, w_Bxd)
     return Prompts(x_BxNxd, y_BxN, xq_BxQxd, yq_BxQ, w_Bxd, None)
