@@ -43,6 +43,26 @@ def test_hyperprior_gammas_use_rates():
     assert np.all(np.isfinite(np.asarray(ds.y)))
 
 
+def test_marginal_y_is_one_datasets_point():
+    """`sample_marginal_y` (the bar borders' prior samples) has the law of a dataset's y_i: fixed
+    hyperparameters N(0, s + noise + 1e-6·s) = N(0, 2.500002) here (a draw missing the noise would
+    have variance 2); the hyperprior's marginal is the (s, noise) mixture of those normals. Two-sample
+    KS against y_0 of independent datasets (p > 1e-3), and E y² = s + noise within 4 SE (√(2·2.5²/M))."""
+    from scipy.stats import ks_2samp
+
+    M = 4000
+    ym = np.asarray(jax.jit(lambda k: gp_prior.sample_marginal_y(k, M, outputscale=2.0, noise=0.5))(jax.random.key(0)))
+    yd = np.asarray(jax.jit(lambda k: gp_prior.sample_gp(k, batch=M, n_points=2, d=2, outputscale=2.0, noise=0.5))(
+        jax.random.key(1)).y[:, 0])
+    assert np.mean(ym.astype(np.float64) ** 2) == pytest.approx(2.5, abs=4 * math.sqrt(2 * 2.5**2 / M))
+    assert ks_2samp(ym, yd).pvalue > 1e-3
+    hm = np.asarray(jax.jit(lambda k: gp_prior.sample_marginal_y_hyperprior(k, M))(jax.random.key(2)))
+    hd = np.asarray(jax.jit(lambda k: gp_prior.sample_gp_hyperprior(k, batch=M, n_points=2, d=1))(jax.random.key(3)).y[:, 0])
+    assert ks_2samp(hm, hd).pvalue > 1e-3
+    # the mixture is heavier-tailed than one normal of its variance (E s = 13.3): kurtosis > 3
+    assert np.mean(hm.astype(np.float64) ** 4) / np.mean(hm.astype(np.float64) ** 2) ** 2 > 3.5
+
+
 def test_bnn_prior():
     small = jax.jit(lambda k: bnn_prior.sample_bnn_classification(k, batch=2000, n_points=20, d=3, hidden=5))(
         jax.random.key(0))
@@ -69,5 +89,7 @@ def test_bad_input():
         gp_prior.sample_gp(jax.random.key(0), batch=2, n_points=3, d=1, lengthscale=0.0)
     with pytest.raises(ValueError, match="n_points"):
         gp_prior.sample_gp(jax.random.key(0), batch=2, n_points=0, d=1)
+    with pytest.raises(ValueError, match="num"):
+        gp_prior.sample_marginal_y(jax.random.key(0), 0, outputscale=1.0, noise=1e-4)
     with pytest.raises(ValueError, match="activation"):
         bnn_prior.sample_bnn_classification(jax.random.key(0), batch=2, n_points=3, d=1, hidden=2, activation="elu")
