@@ -11,7 +11,7 @@ from ictl.config import ConfigError
 def _tiny(c):
     c.n_max, c.n_layers, c.n_heads, c.width, c.num_buckets, c.border_samples = 6, 1, 2, 16, 20, 5000
     c.batch, c.warmup, c.train_steps, c.early_steps, c.ablation_steps = 8, 0, 6, 3, 3
-    c.eval_datasets, c.log_every, c.ckpt_every, c.panel_context = 64, 3, 6, 3
+    c.eval_datasets, c.log_every, c.ckpt_every, c.panel_context, c.steps_per_call = 64, 3, 6, 3, 3
     return c
 
 
@@ -37,12 +37,12 @@ def test_pfn_gp_hyperprior_end_to_end(tmp_path):
     c = _tiny(pfn_gp_hyperprior.get_config("quick"))
     # NUTS at the shapes of test_gp_theory's NUTS test (4 datasets × 12 points, 150 + 150 steps): one trace
     c.n_max, c.eval_datasets, c.nuts_datasets, c.nuts_warmup, c.nuts_samples = 11, 16, 4, 150, 150
-    c.nuts_n, c.timing_n, c.ml2_restarts, c.ml2_steps = (2, 3), 3, 2, 10
+    c.nuts_n, c.timing_n, c.ml2_restarts, c.ml2_steps, c.ml2_datasets, c.ml2_n = (2, 3), 3, 2, 10, 8, (1, 2, 3)
     rows = pfn_gp_hyperprior.run(c, tmp_path)
     assert (tmp_path / "pfn_gp_hyperprior.png").exists()
     res = json.loads((tmp_path / "results.json").read_text())
     assert set(res["seconds_per_dataset"]) == {"PFN", "ML-II", "NUTS"}
-    assert len(res["nll"]["ML-II"]) == 11 and len(rows) == 5
+    assert len(res["nll"]["PFN"]) == 11 and len(res["nll_ml2"]) == 3 and len(rows) == 6
 
 
 def test_bad_configs():

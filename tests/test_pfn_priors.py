@@ -43,6 +43,28 @@ def test_hyperprior_gammas_use_rates():
     assert np.all(np.isfinite(np.asarray(ds.y)))
 
 
+def test_marginal_y_is_one_datasets_point():
+    """`sample_marginal_y` (the bar borders' prior samples) has the law of one dataset point's y
+    (k(x, x) = s: test_gp_datasets_have_the_kernel_covariance checks the datasets' covariance):
+    fixed hyperparameters N(0, s + noise + 1e-6·s) = N(0, 2.500002) here (a draw missing the noise
+    would have variance 2); the hyperprior's is the mixture of those normals over (s, noise), its cdf
+    estimated with an independent numpy Gamma sampler (scale = 1/rate). KS p > 1e-3; E y² = s + noise
+    within 4 SE (√(2·2.5²/M)); the mixture's kurtosis 3(1 + 1/α_s) = 4.5 > 3.5."""
+    from scipy.stats import kstest, norm
+
+    M = 4000
+    ym = np.asarray(jax.jit(lambda k: gp_prior.sample_marginal_y(k, M, outputscale=2.0, noise=0.5))(jax.random.key(0)),
+                    np.float64)
+    assert np.mean(ym**2) == pytest.approx(2.5, abs=4 * math.sqrt(2 * 2.5**2 / M))
+    assert kstest(ym, norm(scale=math.sqrt(2.5 + 2e-6)).cdf).pvalue > 1e-3
+    hm = np.asarray(jax.jit(lambda k: gp_prior.sample_marginal_y_hyperprior(k, M))(jax.random.key(2)), np.float64)
+    rng = np.random.default_rng(0)
+    s = rng.gamma(2.0, 1 / 0.15, 20_000)
+    sd = np.sqrt(s + 1e-4 + rng.gamma(1e-4, 1.0, 20_000) + 1e-6 * s)
+    assert kstest(hm, lambda y: norm.cdf(np.asarray(y)[:, None] / sd[None, :]).mean(axis=1)).pvalue > 1e-3
+    assert np.mean(hm**4) / np.mean(hm**2) ** 2 > 3.5
+
+
 def test_bnn_prior():
     small = jax.jit(lambda k: bnn_prior.sample_bnn_classification(k, batch=2000, n_points=20, d=3, hidden=5))(
         jax.random.key(0))
@@ -69,5 +91,7 @@ def test_bad_input():
         gp_prior.sample_gp(jax.random.key(0), batch=2, n_points=3, d=1, lengthscale=0.0)
     with pytest.raises(ValueError, match="n_points"):
         gp_prior.sample_gp(jax.random.key(0), batch=2, n_points=0, d=1)
+    with pytest.raises(ValueError, match="num"):
+        gp_prior.sample_marginal_y(jax.random.key(0), 0, outputscale=1.0, noise=1e-4)
     with pytest.raises(ValueError, match="activation"):
         bnn_prior.sample_bnn_classification(jax.random.key(0), batch=2, n_points=3, d=1, hidden=2, activation="elu")

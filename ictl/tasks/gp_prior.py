@@ -103,3 +103,24 @@ def sample_gp_hyperprior(key: jax.Array, *, batch: int, n_points: int, d: int, p
     k_h, k_d = jax.random.split(key)
     ls, s, nz = sample_hyperparameters(k_h, prior, batch=batch, d=d, dtype=dtype)
     return _draw(k_d, ls, s, nz, batch=batch, n_points=n_points, d=d, kernel=prior.kernel, dtype=dtype)
+
+
+def sample_marginal_y(key: jax.Array, num: int, *, outputscale, noise, dtype=jnp.float32) -> Float[Array, "M"]:
+    """``num`` draws of one point's y from the prior: for a stationary kernel k(x, x) = s, so
+    y ~ N(0, s + noise + jitter·s) whatever x and the lengthscales are (``outputscale`` / ``noise``
+    scalars, or [num] arrays of per-draw hyperparameters for a hyperprior). This is the marginal
+    of `sample_gp` / `sample_gp_hyperprior`'s y (the rare 1e-4·s fallback jitter aside), without
+    a Cholesky per dataset: border samples for the bar distribution cost nothing."""
+    if not isinstance(num, int) or isinstance(num, bool) or num < 1:
+        raise ValueError(f"num: got {num!r}; allowed an integer >= 1")
+    s = jnp.broadcast_to(jnp.asarray(outputscale, dtype), (num,))
+    nz = jnp.broadcast_to(jnp.asarray(noise, dtype), (num,))
+    return jax.random.normal(key, (num,), dtype) * jnp.sqrt(s + nz + JITTER * s)
+
+
+def sample_marginal_y_hyperprior(key: jax.Array, num: int, *, prior: HyperPrior = HyperPrior(),
+                                 dtype=jnp.float32) -> Float[Array, "M"]:
+    """`sample_marginal_y` with (s, noise) drawn per point from ``prior`` (one dataset's y_i)."""
+    k_h, k_y = jax.random.split(key)
+    _, s, nz = sample_hyperparameters(k_h, prior, batch=num, d=1, dtype=dtype)
+    return sample_marginal_y(k_y, num, outputscale=s, noise=nz, dtype=dtype)
