@@ -66,11 +66,13 @@ def test_population_loss_matches_monte_carlo_of_the_model(x64):
 
 @pytest.fixture(scope="module")
 def trained():
-    """d = 5, N = 20, Λ = I from the paper's init: SGD on fresh prompts, cosine-decayed."""
-    d, n, steps = 5, 20, 800
+    """d = 5, N = 20, Λ = I from the paper's init: SGD on fresh prompts, cosine-decayed.
+    300 steps of batch 1024 at lr 0.05 (measured: population loss 3e-4 and ‖V − Γ⁻¹‖/‖Γ⁻¹‖ = 0.009 from
+    L*, Γ⁻¹, against the test's 0.02 / 0.03; 800 × 2048 at lr 0.02 gave 1e-4 / 0.005 at 1.7× the CPU)."""
+    d, n, steps = 5, 20, 300
     model, params = lt.init_params(jax.random.key(0), d=d, sigma=0.1)
-    tx = optax.sgd(optax.cosine_decay_schedule(0.02, steps))
-    step = make_train_step(lt.prompt_loss_fn(model, d=d, N=n, batch=2048), tx)
+    tx = optax.sgd(optax.cosine_decay_schedule(0.05, steps))
+    step = make_train_step(lt.prompt_loss_fn(model, d=d, N=n, batch=1024), tx)
     return model, step, TrainState.create(params=params, tx=tx), steps
 
 
