@@ -33,7 +33,9 @@ from ictl.train import TrainState, config_optimizer, fit, seed_keys, shard_batch
 from ictl.train.seeds import fold_keys
 from models.gpt import GPT, SIZES, GPTConfig, init_params, num_params
 
-REPRODUCE = True
+REPRODUCE = False
+LEFT_OUT = ("time budget: 529 s of an idle 2-core `make run` (10000 steps of ≈ 50 ms) and still under-trained at "
+            "quick scale (6 of 12 claims reproduced, 2026-12-01); `ictl run garg_linear` or an accelerator")
 TITLE = "Garg et al. 2022 Fig. 2: GPT-2-style ICL of linear regression vs least squares / 3-NN / averaging"
 
 

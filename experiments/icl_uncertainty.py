@@ -41,7 +41,9 @@ from models.gpt import GPT, GPTConfig
 from models.gpt_uq import apply_uq, init_uq_params
 from objectives import gaussian_nll
 
-REPRODUCE = True
+REPRODUCE = False
+LEFT_OUT = ("time budget: 209 s of an idle 2-core `make run` and under-trained at quick scale (6 of 10 claims "
+            "reproduced, 2026-12-01); `ictl run icl_uncertainty` or an accelerator")
 TITLE = "In-context UQ: GPT mean + log-variance read-outs vs the exact Gaussian posterior predictive"
 Z95 = 1.959963984540054
 

@@ -39,7 +39,9 @@ from ictl.tasks import prism
 from ictl.train import TrainState, config_optimizer, fit, make_train_step, shard_batch
 from models.gpt import GPT, GPTConfig, init_params, num_params
 
-REPRODUCE = True
+REPRODUCE = False
+LEFT_OUT = ("time budget: 186 s of an idle 2-core `make run` and under-trained at quick scale (1 of 6 claims "
+            "reproduced, 2026-12-01); `ictl run prism_task_pool` or an accelerator")
 TITLE = "Panwar et al. Bayesian prism: GPT on a finite task pool vs dMMSE and ridge (posterior means)"
 
 
