@@ -18,12 +18,14 @@ def _tiny(c):
 @pytest.mark.slow
 def test_pfn_gp_end_to_end(tmp_path):
     c = _tiny(pfn_gp.get_config("quick"))
-    c.d, c.ablations = 2, ("gaussian",)   # the positional ablation's model is covered by test_pfn_model
+    # no ablations: their models (Gaussian head, positions) are covered by test_pfn_model and
+    # test_pfn_training, and each costs one more train-step compile here
+    c.d, c.ablations = 2, ()
     rows = pfn_gp.run(c, tmp_path)
     for stem in ("pfn_gp.png", "pfn_gp.pdf", "results.json"):
         assert (tmp_path / stem).exists()
     res = json.loads((tmp_path / "results.json").read_text())
-    assert set(res["curves"]) == {"bar, 3 steps", "bar, 6 steps", "gaussian, 3 steps"}
+    assert set(res["curves"]) == {"bar, 3 steps", "bar, 6 steps"} and len(rows) == 5
     # the exact GP at n = 0 is the prior predictive N(0, 1 + 1e-4): ½ ln(2π·1.0001) + ½ = 1.4190
     assert rows[0]["expected"] == pytest.approx(0.5 * math.log(2 * math.pi * 1.000101) + 0.5, abs=1e-6)
     assert rows[0]["verdict"] == "reproduced"
@@ -32,17 +34,45 @@ def test_pfn_gp_end_to_end(tmp_path):
     assert ex[6] < ex[0] - 0.5
 
 
+def _prior_draws_for_nuts(calls):
+    """A stand-in for `gp.nuts_samples` in the end-to-end run: draws from the hyperprior (numpy Gamma,
+    scale = 1/rate) in the shapes NUTS returns. NUTS itself is tested in test_gp_theory; compiling it
+    here again cost ≈ 11 CPU-s (tracing 6 + XLA 5). The call is checked against the real signature."""
+    import inspect
+
+    import numpy as np
+
+    from ictl.theory import gp
+
+    def fake(key, x, y, *, prior, mask=None, num_warmup=200, num_samples=100):
+        inspect.signature(gp.nuts_samples).bind(key, x, y, prior=prior, mask=mask, num_warmup=num_warmup,
+                                                num_samples=num_samples)
+        S, N, d = x.shape
+        assert y.shape == (S, N) and mask.shape == (S, N) and isinstance(prior, gp.HyperPrior)
+        calls.append(int(mask[0].sum()))
+        rng = np.random.default_rng(len(calls))
+        g = lambda ab, shape: rng.gamma(ab[0], 1 / ab[1], shape)
+        return gp.Hypers(g(prior.lengthscale, (S, num_samples, d)), g(prior.outputscale, (S, num_samples)),
+                         prior.noise_floor + g(prior.noise, (S, num_samples)))
+    return fake
+
+
 @pytest.mark.slow
-def test_pfn_gp_hyperprior_end_to_end(tmp_path):
+def test_pfn_gp_hyperprior_end_to_end(tmp_path, monkeypatch):
+    from ictl.theory import gp
+
     c = _tiny(pfn_gp_hyperprior.get_config("quick"))
-    # NUTS at the shapes of test_gp_theory's NUTS test (4 datasets × 12 points, 150 + 150 steps): one trace
-    c.n_max, c.eval_datasets, c.nuts_datasets, c.nuts_warmup, c.nuts_samples = 11, 16, 4, 150, 150
+    c.n_max, c.eval_datasets, c.nuts_datasets, c.nuts_warmup, c.nuts_samples = 11, 16, 4, 5, 7
     c.nuts_n, c.timing_n, c.ml2_restarts, c.ml2_steps, c.ml2_datasets, c.ml2_n = (2, 3), 3, 2, 10, 8, (1, 2, 3)
+    calls = []
+    monkeypatch.setattr(gp, "nuts_samples", _prior_draws_for_nuts(calls))
     rows = pfn_gp_hyperprior.run(c, tmp_path)
+    assert calls == [2, 3]                      # NUTS sees the first n points of each dataset, n ∈ nuts_n
     assert (tmp_path / "pfn_gp_hyperprior.png").exists()
     res = json.loads((tmp_path / "results.json").read_text())
     assert set(res["seconds_per_dataset"]) == {"PFN", "ML-II", "NUTS"}
     assert len(res["nll"]["PFN"]) == 11 and len(res["nll_ml2"]) == 3 and len(rows) == 6
+    assert len(res["nll_nuts"]) == 2 and all(math.isfinite(v) for v in res["nll_nuts"] + res["nll_ml2"])
 
 
 def test_bad_configs():

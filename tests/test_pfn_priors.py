@@ -48,7 +48,7 @@ def test_marginal_y_is_one_datasets_point():
     (k(x, x) = s: test_gp_datasets_have_the_kernel_covariance checks the datasets' covariance):
     fixed hyperparameters N(0, s + noise + 1e-6·s) = N(0, 2.500002) here (a draw missing the noise
     would have variance 2); the hyperprior's is the mixture of those normals over (s, noise), its cdf
-    estimated with an independent numpy Gamma sampler (scale = 1/rate). KS p > 1e-3; E y² = s + noise
+    computed from scipy's Gamma quantiles (scale = 1/rate). KS p > 1e-3; E y² = s + noise
     within 4 SE (√(2·2.5²/M)); the mixture's kurtosis 3(1 + 1/α_s) = 4.5 > 3.5."""
     from scipy.stats import kstest, norm
 
@@ -59,8 +59,14 @@ def test_marginal_y_is_one_datasets_point():
     assert kstest(ym, norm(scale=math.sqrt(2.5 + 2e-6)).cdf).pvalue > 1e-3
     hm = np.asarray(jax.jit(lambda k: gp_prior.sample_marginal_y_hyperprior(k, M))(jax.random.key(2)), np.float64)
     rng = np.random.default_rng(0)
-    s = rng.gamma(2.0, 1 / 0.15, 20_000)
-    sd = np.sqrt(s + 1e-4 + rng.gamma(1e-4, 1.0, 20_000) + 1e-6 * s)
+    # the mixture cdf over s at 2000 midpoint quantiles of Γ(2, rate 0.15) (scipy, scale = 1/rate): Φ(y/sd(u))
+    # is monotone in the quantile level u, so the rule's error is ≤ 1/2000, far below the KS statistic's
+    # p = 1e-3 threshold at M = 4000 (1.95/√4000 = 0.031); 20 000 Monte Carlo draws made a [4000, 20 000]
+    # float64 matrix (3 GB peak RSS, 10 CPU-s). The noise Γ(1e-4, 1) (≈ 0) stays a numpy draw.
+    from scipy.stats import gamma
+
+    s = gamma.ppf((np.arange(2000) + 0.5) / 2000, 2.0, scale=1 / 0.15)
+    sd = np.sqrt(s + 1e-4 + rng.gamma(1e-4, 1.0, 2000) + 1e-6 * s)
     assert kstest(hm, lambda y: norm.cdf(np.asarray(y)[:, None] / sd[None, :]).mean(axis=1)).pvalue > 1e-3
     assert np.mean(hm**4) / np.mean(hm**2) ** 2 > 3.5
 
