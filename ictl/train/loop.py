@@ -32,6 +32,7 @@ import pathlib
 import signal
 import sys
 import time
+import weakref
 from collections.abc import Callable
 
 import jax
@@ -156,7 +157,7 @@ def fit(
     # ONE executable runs any number of steps (a dynamic trip count), so K-step calls, single calls, the
     # shorter last call and resumed runs all execute the same compiled step: bitwise equal by construction
     with jax.set_mesh(mesh):
-        run_steps = jax.jit(multi_step(step_fn), in_shardings=(rep, rep), out_shardings=(rep, rep),
+        run_steps = jax.jit(_multi_step_of(step_fn), in_shardings=(rep, rep), out_shardings=(rep, rep),
                             donate_argnums=0)
         if multi:  # every process compiled before any enters the step's first collective
             run_steps = run_steps.lower(state, (key, jnp.int32(start), jnp.int32(1))).compile()
@@ -234,6 +235,19 @@ def fit(
             signal.signal(signal.SIGTERM, signal.SIG_DFL if old_handler is None else old_handler)
             signal.set_wakeup_fd(old_wakeup)
     return state, history
+
+
+_MULTI_STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _multi_step_of(step_fn: Callable) -> Callable:
+    """``multi_step(step_fn)``, the same function object for the same ``step_fn``: a second ``fit`` with one
+    step function (a resumed run, the next training segment) then finds jax's trace and compile caches
+    instead of tracing and lowering the step again."""
+    try:
+        return _MULTI_STEPS.setdefault(step_fn, multi_step(step_fn))
+    except TypeError:  # not weak-referenceable: a fresh closure, as before
+        return multi_step(step_fn)
 
 
 def multi_step(step_fn: Callable) -> Callable:
