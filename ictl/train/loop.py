@@ -26,13 +26,13 @@ be a stack of per-seed keys [S] for a `ictl.train.seeds.vmap_seeds` step; each i
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pathlib
 import signal
 import sys
 import time
-import weakref
 from collections.abc import Callable
 
 import jax
@@ -237,16 +237,19 @@ def fit(
     return state, history
 
 
-_MULTI_STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+@functools.lru_cache(maxsize=8)
+def _cached_multi_step(step_fn: Callable) -> Callable:
+    return multi_step(step_fn)
 
 
 def _multi_step_of(step_fn: Callable) -> Callable:
     """``multi_step(step_fn)``, the same function object for the same ``step_fn``: a second ``fit`` with one
     step function (a resumed run, the next training segment) then finds jax's trace and compile caches
-    instead of tracing and lowering the step again."""
+    instead of tracing and lowering the step again. The cache holds the last 8 step functions (it keeps
+    them alive, with whatever they close over)."""
     try:
-        return _MULTI_STEPS.setdefault(step_fn, multi_step(step_fn))
-    except TypeError:  # not weak-referenceable: a fresh closure, as before
+        return _cached_multi_step(step_fn)
+    except TypeError:  # unhashable: a fresh closure, as before
         return multi_step(step_fn)
 
 
