@@ -7,6 +7,11 @@ returns wrong values for output elements past index ≈ 32759 (measured: 0 bad o
 (1280 prompts × 41 or 101 points) do not. Every prefix predictor used for an error curve is run
 here once on all B·N = 52480 pairs and once in four chunks of 320 prompts (13120 pairs, below
 the threshold), so a predictor written in the miscompiled form fails this test.
+
+The two posterior means that build an N × N Cholesky factor per (prompt, k) pair (Gaussian mixture,
+family mixture) run on 4800 prompts × 11 points instead: as many outputs (52800), so the same
+threshold is crossed (measured: the miscompiled average above gives 18218 wrong outputs at 4800 × 11,
+0 at 2900 × 11), at 0.7 GB peak RSS instead of 4.5 GB for 1280 × 41 × 41² float64 factors.
 """
 import functools
 
@@ -17,22 +22,28 @@ import pytest
 from ictl import baselines as bl
 from ictl import bayes
 
-B, N, D, CHUNK = 1280, 41, 5, 320
+B, N, D = 1280, 41, 5
+B_SHORT, N_SHORT = 4800, 11   # the same number of outputs with short prompts (N × N factors)
+
+
+def _prompts(b, n):
+    kx, kw, ke = jax.random.split(jax.random.key(7), 3)
+    x = jax.random.normal(kx, (b, n, D))
+    w = jax.random.normal(kw, (b, D))
+    y = np.einsum("bnd,bd->bn", x, w) + 0.5 * jax.random.normal(ke, (b, n))
+    return x, y
 
 
 @pytest.fixture(scope="module")
 def prompts():
-    kx, kw, ke = jax.random.split(jax.random.key(7), 3)
-    x = jax.random.normal(kx, (B, N, D))
-    w = jax.random.normal(kw, (B, D))
-    y = np.einsum("bnd,bd->bn", x, w) + 0.5 * jax.random.normal(ke, (B, N))
-    return x, y
+    return _prompts(B, N)
 
 
 def _full_vs_chunks(run, x, y):
     full = np.asarray(run(x, y))
-    parts = np.concatenate([np.asarray(run(x[i:i + CHUNK], y[i:i + CHUNK])) for i in range(0, B, CHUNK)])
-    assert full.shape == (B, N)
+    b, chunk = x.shape[0], x.shape[0] // 4     # chunks of 13120 or 13200 outputs: below the threshold
+    parts = np.concatenate([np.asarray(run(x[i:i + chunk], y[i:i + chunk])) for i in range(0, b, chunk)])
+    assert full.shape == y.shape and b * y.shape[1] > 52000
     return np.max(np.abs(full - parts) / np.maximum(1.0, np.abs(parts)))
 
 
@@ -50,7 +61,7 @@ def test_baselines_same_at_scale(prompts, name, f):
 
 @pytest.mark.xla_optimized  # runs more than it compiles
 def test_bayes_same_at_scale(prompts):
-    x, y = prompts
+    short = _prompts(B_SHORT, N_SHORT)
     pool = jax.random.normal(jax.random.key(1), (8, D))
     means = np.stack([3 * np.eye(D)[0], -3 * np.eye(D)[0]])
     covs = np.stack([np.eye(D), np.diag([float(D)] + [0.0] * (D - 1))])   # dense and 1-coordinate families
@@ -58,4 +69,5 @@ def test_bayes_same_at_scale(prompts):
                      (bayes.gmm_posterior_mean, {"means_Cxd": means}),
                      (bayes.family_posterior_mean, {"means_Cxd": np.zeros((2, D)), "covs_CxDxD": covs})):
         run = lambda a, b: bayes.prefix_bayes(f, a, b, noise_var=0.25, **prior)  # noqa: E731
+        x, y = short if "means_Cxd" in prior else prompts
         assert _full_vs_chunks(run, x, y) < 1e-9, f.__name__   # float64
