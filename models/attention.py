@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from models import initializers
+
 from kernels.gla import gla
 from kernels.lawcat import lawcat
 from kernels.linear_attention import linear_attention
@@ -150,7 +152,7 @@ class Attention(nn.Module):
         if not isinstance(H, int) or H < 1 or (self.head_dim is None and D % H):
             raise ValueError(f"num_heads must be a positive int dividing D={D} (or set head_dim); got {H!r}")
         K = self.head_dim or D // H
-        init = nn.initializers.normal(self.init_std, dtype=self.param_dtype)
+        init = initializers.normal_init(self.init_std, dtype=self.param_dtype)   # = nn.initializers.normal, bitwise
         qkv = nn.DenseGeneral((3, H, K), dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=init,
                               name="qkv")(x_BxTxD)
         q_BxTxHxK, k_BxTxHxK, v_BxTxHxK = (qkv[:, :, i] for i in range(3))
@@ -172,6 +174,6 @@ class Attention(nn.Module):
         o_BxTxHxK = attend(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, backend=self.backend, causal=True, g=g_BxTxHxK,
                            implementation=self.implementation, block_size=self.block_size, top_k=self.top_k,
                            threshold=self.threshold, k_keep=self.k_keep, conv_q=conv_q, conv_k=conv_k)
-        out_init = nn.initializers.normal(self.out_init_std, dtype=self.param_dtype)
+        out_init = initializers.normal_init(self.out_init_std, dtype=self.param_dtype)
         return nn.DenseGeneral(D, axis=(-2, -1), dtype=self.dtype, param_dtype=self.param_dtype,
                                kernel_init=out_init, name="out")(o_BxTxHxK.astype(self.dtype))

@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from models import initializers
+
 HEADS = ("bar", "gaussian")
 _HI = jax.lax.Precision.HIGHEST
 
@@ -65,11 +67,11 @@ class PFNConfig:
 
 
 def _init(std=0.02):
-    return nn.initializers.normal(std, dtype=jnp.float32)
+    return initializers.normal_init(std, dtype=jnp.float32)    # = nn.initializers.normal, bitwise (models.initializers)
 
 
 def _torch_linear_init():
-    return nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform", dtype=jnp.float32)
+    return initializers.fan_in_uniform_init(1 / 3, dtype=jnp.float32)   # = variance_scaling(1/3, "fan_in", "uniform")
 
 
 def pfn_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, ctx_BxT, n_keys: int):
@@ -150,8 +152,10 @@ class PFN(nn.Module):
 
 
 def init_params(cfg: PFNConfig, key: jax.Array) -> Any:
-    """Float32 parameters of `PFN(cfg)` (independent of x64 mode)."""
-    return PFN(cfg).init(key, jnp.zeros((1, 2, cfg.d_in), jnp.float32), jnp.zeros((1, 2), jnp.float32), 1)
+    """Float32 parameters of `PFN(cfg)` (independent of x64 mode); `lazy_init`: the initialisers
+    alone, the same numbers as `PFN(cfg).init` without running the forward pass."""
+    return PFN(cfg).lazy_init(key, jax.ShapeDtypeStruct((1, 2, cfg.d_in), jnp.float32),
+                              jax.ShapeDtypeStruct((1, 2), jnp.float32), 1)
 
 
 def predict(model: PFN, params, x_ctx: Float[Array, "B n d"], y_ctx: Float[Array, "B n"],
