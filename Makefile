@@ -27,8 +27,11 @@ $(STAMP): requirements.lock pyproject.toml
 venv: $(STAMP)
 
 # Reproduce every experiment at quick scale, then write the HTML report (runs/report.html).
+# RUN_JOBS experiments run at once, each in its own process (one per core of the 2-core machine:
+# compiling uses one core, so one experiment at a time left the other idle much of the time).
+RUN_JOBS ?= 2
 run: $(STAMP)
-	$(BIN)/ictl reproduce --root runs
+	$(BIN)/ictl reproduce --root runs --jobs $(RUN_JOBS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests

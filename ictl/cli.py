@@ -4,7 +4,7 @@
     ictl run EXPERIMENT [--workdir DIR] [--overwrite] [--mesh DATA,MODEL] [--config.KEY=VALUE ...]
     ictl resume WORKDIR
     ictl report [WORKDIR ...] [--out FILE]
-    ictl reproduce [--root DIR] [--only NAME,... | --all] [--overwrite]
+    ictl reproduce [--root DIR] [--only NAME,... | --all] [--overwrite] [--jobs N]
 
 Bad input (unknown experiment or key, wrong type, invalid value, a workdir in use or not
 empty) prints one line and exits with status 2 before anything is compiled or written.
@@ -241,13 +241,20 @@ def _reproduce_step(name: str, config, workdir: pathlib.Path, overwrite: bool) -
 def cmd_reproduce(args) -> int:
     from contextlib import ExitStack
 
+    import jax
+
     from ictl.multihost import is_primary, primary_decides
 
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs={args.jobs}: allowed an integer >= 1")
+    if args.jobs > 1 and jax.process_count() > 1:
+        raise ConfigError(f"--jobs={args.jobs}: allowed 1 in a multi-process job (its processes run one experiment together)")
     root = pathlib.Path(args.root)
     names = reproduce_names(only=args.only, all_=args.all)
     plans = [(name, build_config(load_experiment(name), []), root / name) for name in names]  # validate all first
     primary = is_primary()
     say = print if primary else (lambda *a, **k: None)
+    failed = []
     with ExitStack() as locks:
         def lock_all():  # process 0 holds every workdir's lock for the whole reproduction
             for _, _, workdir in plans:
@@ -255,10 +262,14 @@ def cmd_reproduce(args) -> int:
 
         primary_decides(lock_all)
         t_all = time.time()
+        parallel = []
         for name, config, workdir in plans:
             step = primary_decides(lambda: _reproduce_step(name, config, workdir, args.overwrite))
             if step["action"] == "done":
                 say(f"== {name}: already done in {workdir} (--overwrite to redo)")
+                continue
+            if args.jobs > 1:
+                parallel.append((name, workdir, step["action"]))
                 continue
             if step["action"] == "resume":
                 say(f"== {name}: resuming {workdir}")
@@ -269,14 +280,21 @@ def cmd_reproduce(args) -> int:
             rows = execute(name, config, workdir)
             _print_rows(name, rows)
             say(f"   ({time.time() - t0:.0f} s)")
+        if parallel:
+            from ictl.reproduce_jobs import run_parallel
+
+            say(f"running {len(parallel)} experiments, {args.jobs} at a time")
+            failed = run_parallel(parallel, args.jobs, say)
     if primary:
         from ictl.report import write_report
 
         dirs = sorted(p for p in root.glob("*") if (p / "results.json").exists())
         out = root / "report.html"
         write_report(dirs, out)
-        print(f"reproduced {len(plans)} experiments in {time.time() - t_all:.0f} s; report: {out.resolve()}")
-    return 0
+        print(f"reproduced {len(plans) - len(failed)} experiments in {time.time() - t_all:.0f} s; report: {out.resolve()}")
+        if failed:
+            print(f"ictl: failed: {', '.join(failed)} (`ictl resume {root}/NAME` continues one)", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -299,6 +317,8 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--only", help="comma-separated experiment names (any, including those not in reproduce)")
     a.add_argument("--all", action="store_true", help="also the experiments left out of the default reproduction")
     a.add_argument("--overwrite", action="store_true")
+    a.add_argument("--jobs", type=int, default=1,
+                   help="experiments run at once, each in its own process (make run: 2, one per core)")
     a.add_argument("--mesh")
     return p
 

@@ -47,6 +47,8 @@ def _run(args, capsys):
     (["list", "--config.d=3"], "only `ictl run` takes them"),
     (["reproduce", "--only", "zfb_dynamics,nope"], "--only='nope': allowed experiment names"),
     (["reproduce", "--only", "zfb_dynamics", "--all"], "--all: not together with --only"),
+    (["reproduce", "--only", "zfb_dynamics", "--jobs", "0"], "--jobs=0: allowed an integer >= 1"),
+    (["reproduce", "--jobs", "two"], "argument --jobs: invalid int value: 'two'"),
 ])
 def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, args, needle):
     wd = tmp_path / "w"
@@ -132,6 +134,19 @@ def test_reproduce_selection():
     left_out = {n for n in every if not getattr(cli.load_experiment(n), "REPRODUCE", True)}
     assert left_out and set(default) == set(every) - left_out
     assert cli.reproduce_names(only="zfb_shifts,garg_tasks") == ["zfb_shifts", "garg_tasks"]
+
+
+def test_parallel_reproduce_reports_a_failed_child(tmp_path):
+    """`reproduce --jobs N` runs each experiment in a child process; one that fails is named with the
+    end of its log, and the others go on."""
+    from ictl.reproduce_jobs import LOG_FILE, run_parallel
+
+    work = tmp_path / "no_such_experiment"
+    work.mkdir()
+    said = []
+    assert run_parallel([("no_such_experiment", work, "fresh")], 2, said.append) == ["no_such_experiment"]
+    assert any("no_such_experiment: FAILED (exit 2)" in s for s in said)
+    assert "ictl: error: experiment 'no_such_experiment': unknown" in (work / LOG_FILE).read_text()
 
 
 def test_console_script_exit_status(tmp_path):
