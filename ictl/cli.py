@@ -17,6 +17,7 @@ its outcome (`ictl.multihost.primary_decides`), so a refused workdir exits 2 eve
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
 import os
@@ -253,7 +254,7 @@ def cmd_reproduce(args) -> int:
     names = reproduce_names(only=args.only, all_=args.all)
     plans = [(name, build_config(load_experiment(name), []), root / name) for name in names]  # validate all first
     primary = is_primary()
-    say = print if primary else (lambda *a, **k: None)
+    say = functools.partial(print, flush=True) if primary else (lambda *a, **k: None)
     failed = []
     with ExitStack() as locks:
         def lock_all():  # process 0 holds every workdir's lock for the whole reproduction
