@@ -10,12 +10,17 @@ draw depends only on (key, i), so the first n elements of a longer draw are the 
 the multi-dimensional draw equals the flat one reshaped (row-major counting); an optimisation barrier
 keeps XLA from folding the scale into the draw's own constants (which changes the last bit). Flax
 has no such option, hence hand-written.
+
+Under a transformation (a traced key: `jit`, `vmap`) flax's initialiser itself runs, so a jitted or
+vmapped init gives exactly the numbers it gave before (XLA may fold the scale there, and runs that
+jit their init — gpicl's GPT, tests — keep their documented numbers).
 """
 from __future__ import annotations
 
 import functools
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -34,17 +39,24 @@ def _scaled_draw(key, scale, *, kind: str, length: int, dtype):
 
 
 def _init_draw(kind, key, shape, dtype, scale):
-    if not jax.config.jax_threefry_partitionable:   # the prefix property needs it
-        draw = jax.random.normal(key, shape, dtype) if kind == "normal" else jax.random.uniform(key, shape, dtype, -1)
-        return draw * scale
     n = math.prod(shape)
     flat = _scaled_draw(key, scale, kind=kind, length=_bucket(n), dtype=jnp.dtype(dtype))
     return flat[:n].reshape(shape)
 
 
+def _use_flax(key) -> bool:
+    """Flax's own initialiser: under a transformation, or without partitionable threefry (the
+    prefix property needs it)."""
+    return isinstance(key, jax.core.Tracer) or not jax.config.jax_threefry_partitionable
+
+
 def normal_init(stddev: float, dtype=None):
     """``flax.linen.initializers.normal(stddev, dtype)``, bitwise."""
+    flax_init = nn.initializers.normal(stddev, dtype)
+
     def init(key, shape, dtype=dtype):
+        if _use_flax(key):
+            return flax_init(key, shape, dtype)
         dtype = jnp.float32 if dtype is None else dtype
         shape = tuple(int(s) for s in shape)
         return _init_draw("normal", key, shape, dtype, jnp.array(stddev, dtype))
@@ -54,7 +66,11 @@ def normal_init(stddev: float, dtype=None):
 def fan_in_uniform_init(scale: float, dtype=None):
     """``flax.linen.initializers.variance_scaling(scale, "fan_in", "uniform", dtype=dtype)``, bitwise:
     U(−a, a) with a = √(3·scale/fan_in), fan_in = shape[-2] × receptive field."""
+    flax_init = nn.initializers.variance_scaling(scale, "fan_in", "uniform", dtype=dtype)
+
     def init(key, shape, dtype=dtype):
+        if _use_flax(key):
+            return flax_init(key, shape, dtype)
         dtype = jnp.float32 if dtype is None else dtype
         shape = tuple(int(s) for s in shape)
         if len(shape) < 2:

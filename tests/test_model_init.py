@@ -32,6 +32,15 @@ def test_initializers_equal_flax_in_float64(x64):
                      nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform", dtype=jnp.float64)(key, shape))
 
 
+def test_traced_keys_run_flax_itself():
+    """Under jit the initialisers are flax's (whose scale XLA may fold: not the eager bits), so a
+    jitted init gives the numbers it gave before this module existed."""
+    key = jax.random.key(3)
+    for ours, theirs in ((initializers.normal_init(0.02), nn.initializers.normal(0.02)),
+                         (initializers.fan_in_uniform_init(1 / 3), nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"))):
+        assert _same(jax.jit(lambda k: ours(k, (6, 64)))(key), jax.jit(lambda k: theirs(k, (6, 64)))(key))
+
+
 def test_without_partitionable_threefry_the_plain_draw_is_used():
     key = jax.random.key(3)
     with jax.threefry_partitionable(False):
