@@ -37,3 +37,15 @@ def test_same_bits_under_vmap_and_old_threefry():
         np.testing.assert_array_equal(np.asarray(rng.normal(key, (6, 4))), np.asarray(jax.random.normal(key, (6, 4))))
     finally:
         jax.config.update("jax_threefry_partitionable", old)
+
+
+def test_eager_draws_share_power_of_two_programs_bitwise():
+    key, legacy = jax.random.key(7), jax.random.PRNGKey(7)
+    for shape in [(1,), (3, 5), (2, 3, 4, 5), (100,)]:          # lengths 1, 15, 120, 100: buckets 1, 16, 128
+        for k in (key, legacy):
+            np.testing.assert_array_equal(np.asarray(rng.eager_normal(k, shape)), np.asarray(jax.random.normal(k, shape)))
+            np.testing.assert_array_equal(np.asarray(rng.eager_uniform(k, shape)), np.asarray(jax.random.uniform(k, shape)))
+    rbg = jax.random.key(2, impl="rbg")                          # no prefix property: jax.random itself
+    np.testing.assert_array_equal(np.asarray(rng.eager_normal(rbg, (4, 3))), np.asarray(jax.random.normal(rbg, (4, 3))))
+    bf = rng.eager_normal(key, (3, 5), jnp.bfloat16)
+    assert bf.dtype == jnp.bfloat16 and np.array_equal(np.asarray(bf), np.asarray(jax.random.normal(key, (3, 5), jnp.bfloat16)))

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from jax import export
 
+from ictl import rng
 from kernels._common import BlockSizes
 from kernels.gla import gla, gla_decode_step, gla_reference
 from kernels.linear_attention import linear_attention
@@ -40,11 +41,11 @@ def _backend():
 def _inputs(seed, b, t, h, kd, vd, *, gate_div=16.0, dtype=jnp.float32, state=True):
     """Unit-normal q, k, v; GLA's gates g = logsigmoid(x)/gate_div (≤ 0); a unit-normal state."""
     ks = jax.random.split(jax.random.PRNGKey(seed), 5)
-    q = jax.random.normal(ks[0], (b, t, h, kd), dtype)
-    k = jax.random.normal(ks[1], (b, t, h, kd), dtype)
-    v = jax.random.normal(ks[2], (b, t, h, vd), dtype)
-    g = (jax.nn.log_sigmoid(jax.random.normal(ks[3], (b, t, h, kd))) / gate_div).astype(dtype)
-    s0 = jax.random.normal(ks[4], (b, h, kd, vd)) if state else None
+    q = rng.eager_normal(ks[0], (b, t, h, kd), dtype)
+    k = rng.eager_normal(ks[1], (b, t, h, kd), dtype)
+    v = rng.eager_normal(ks[2], (b, t, h, vd), dtype)
+    g = (jax.nn.log_sigmoid(rng.eager_normal(ks[3], (b, t, h, kd))) / gate_div).astype(dtype)
+    s0 = rng.eager_normal(ks[4], (b, h, kd, vd)) if state else None
     return q, k, v, g, s0
 
 
@@ -203,7 +204,7 @@ def test_strong_decay_long_sequence_is_finite():
     With e^{−20} ≈ 2e-9 per step o_t ≈ scale·q_t·(k_tᵀ v_t); checked against the reference."""
     t = 65_536
     q, k, v, _, s0 = _inputs(12, 1, t, 1, 16, 16)
-    g = -20.0 - 10.0 * jax.random.uniform(jax.random.PRNGKey(13), q.shape)
+    g = -20.0 - 10.0 * rng.eager_uniform(jax.random.PRNGKey(13), q.shape)
     o, s = gla(q, k, v, g, initial_state=s0)
     assert bool(jnp.all(jnp.isfinite(o))) and bool(jnp.all(jnp.isfinite(s)))
     o_r, s_r = gla_reference(q, k, v, g, initial_state=s0)
@@ -221,8 +222,8 @@ def test_strong_decay_gradients_match_float64_quadratic_form(x64):
     b, t, h, kd, vd = 1, 48, 2, 8, 8
     q, k, v, _, s0 = _inputs(14, b, t, h, kd, vd)
     s0 = s0.astype(jnp.float32)  # (drawn in float64 under x64)
-    g = (-20.0 - 10.0 * jax.random.uniform(jax.random.PRNGKey(15), q.shape)).astype(jnp.float32)
-    w = jax.random.normal(jax.random.PRNGKey(16), (b, t, h, vd)).astype(jnp.float32)  # a cotangent for o
+    g = (-20.0 - 10.0 * rng.eager_uniform(jax.random.PRNGKey(15), q.shape)).astype(jnp.float32)
+    w = rng.eager_normal(jax.random.PRNGKey(16), (b, t, h, vd)).astype(jnp.float32)  # a cotangent for o
 
     def quadratic(q_, k_, v_, g_, s_):
         gam = jnp.cumsum(g_, axis=1)                                    # Γ [B, T, H, K]

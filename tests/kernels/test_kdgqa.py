@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ictl import rng
 from kernels import kdgqa_allocation, kdgqa_attention, kdgqa_reference, kv_index_from_counts
 
 B, T, K, V = 2, 9, 8, 5  # V ≠ K catches layout mix-ups
@@ -15,11 +16,11 @@ B, T, K, V = 2, 9, 8, 5  # V ≠ K catches layout mix-ups
 
 def _qkv(seed, hq, hkv, head_scale=None):
     ks = jax.random.split(jax.random.key(seed), 3)
-    q = jax.random.normal(ks[0], (B, T, hq, K))
-    k = jax.random.normal(ks[1], (B, T, hkv, K))
+    q = rng.eager_normal(ks[0], (B, T, hq, K))
+    k = rng.eager_normal(ks[1], (B, T, hkv, K))
     if head_scale is not None:
         k = k * jnp.asarray(head_scale, jnp.float32)[None, None, :, None]
-    v = jax.random.normal(ks[2], (B, T, hkv, V))
+    v = rng.eager_normal(ks[2], (B, T, hkv, V))
     return q, k, v
 
 
@@ -57,7 +58,7 @@ def test_allocation_sums_and_lower_bound_on_random_norms():
     # closer than 2^−10).
     hq, hkv = 16, 5
     scales = np.exp(2.0 * np.random.default_rng(0).normal(size=(200, hkv)))
-    k = jax.random.normal(jax.random.key(1), (200, 3, hkv, K)) * jnp.asarray(scales, jnp.float32)[:, None, :, None]
+    k = rng.eager_normal(jax.random.key(1), (200, 3, hkv, K)) * jnp.asarray(scales, jnp.float32)[:, None, :, None]
     counts = np.asarray(jax.jit(kdgqa_allocation, static_argnums=1)(k, hq))
     assert np.all(counts.sum(1) == hq) and counts.min() >= 1
     norms = np.sqrt(np.sum(np.asarray(k, np.float64) ** 2, axis=(1, 3)))
@@ -108,7 +109,7 @@ def test_jit_does_not_retrace_when_the_allocation_changes():
 def test_gradients_match_reference():
     hq, hkv = 6, 3
     q, k, v = _qkv(3, hq, hkv, head_scale=[1.0, 3.0, 2.0])
-    ct = jax.random.normal(jax.random.key(4), (B, T, hq, V))
+    ct = rng.eager_normal(jax.random.key(4), (B, T, hq, V))
     grads = lambda impl: jax.jit(jax.grad(lambda *a: jnp.sum(kdgqa_attention(*a, implementation=impl) * ct),
                                           argnums=(0, 1, 2)))(q, k, v)
     for got, want in zip(grads("xla"), grads("reference")):

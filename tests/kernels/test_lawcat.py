@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ictl import rng
 from kernels import LinearBlockSizes, lawcat, lawcat_reference
 
 IMPLS = ["xla", "pallas"]
@@ -20,12 +21,12 @@ SMALL = LinearBlockSizes(chunk=16, sub_chunk=4)  # several chunks at T = 37 (and
 
 def _inputs(seed, t, *, width=W):
     ks = jax.random.split(jax.random.key(seed), 6)
-    q = jax.random.normal(ks[0], (B, t, H, K))
-    k = jax.random.normal(ks[1], (B, t, H, K))
-    v = jax.random.normal(ks[2], (B, t, H, V))
-    g = jax.nn.log_sigmoid(jax.random.normal(ks[3], (B, t, H, K))) / 4  # ≤ 0, decays noticeably
-    wq = 0.5 * jax.random.normal(ks[4], (width, H, K))
-    wk = 0.5 * jax.random.normal(ks[5], (width, H, K))
+    q = rng.eager_normal(ks[0], (B, t, H, K))
+    k = rng.eager_normal(ks[1], (B, t, H, K))
+    v = rng.eager_normal(ks[2], (B, t, H, V))
+    g = jax.nn.log_sigmoid(rng.eager_normal(ks[3], (B, t, H, K))) / 4  # ≤ 0, decays noticeably
+    wq = 0.5 * rng.eager_normal(ks[4], (width, H, K))
+    wk = 0.5 * rng.eager_normal(ks[5], (width, H, K))
     return q, k, v, g, wq, wk
 
 
@@ -54,7 +55,7 @@ def test_forward_matches_reference(impl, t):
 @pytest.mark.parametrize("impl", IMPLS)
 def test_gradients_match_reference_including_conv_weights(impl):
     args = _inputs(1, 37)
-    ct = jax.random.normal(jax.random.key(2), (B, 37, H, V))
+    ct = rng.eager_normal(jax.random.key(2), (B, 37, H, V))
     loss = lambda f: jax.jit(jax.grad(lambda *a: jnp.sum(f(*a) * ct), argnums=tuple(range(6))))
     got, want = loss(_fn(impl))(*args), loss(_fn("reference"))(*args)
     for name, a, b in zip(("q", "k", "v", "g", "conv_q", "conv_k"), got, want):

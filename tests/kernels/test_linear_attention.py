@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ictl import rng
 from kernels._common import BlockSizes
 from kernels.gla import gla_decode_step, gla_reference
 from kernels.linear_attention import linear_attention, linear_attention_reference
@@ -38,10 +39,10 @@ def _backend():
 def _inputs(seed, b, t, h, kd, vd, *, dtype=jnp.float32, state_cols=None):
     """Unit-normal q·K^−½, k, v and initial state [B, H, K, state_cols or V]."""
     ks = jax.random.split(jax.random.PRNGKey(seed), 4)
-    q = (jax.random.normal(ks[0], (b, t, h, kd)) * kd ** -0.5).astype(dtype)
-    k = jax.random.normal(ks[1], (b, t, h, kd), dtype)
-    v = jax.random.normal(ks[2], (b, t, h, vd), dtype)
-    s0 = jax.random.normal(ks[3], (b, h, kd, state_cols or vd))
+    q = (rng.eager_normal(ks[0], (b, t, h, kd)) * kd ** -0.5).astype(dtype)
+    k = rng.eager_normal(ks[1], (b, t, h, kd), dtype)
+    v = rng.eager_normal(ks[2], (b, t, h, vd), dtype)
+    s0 = rng.eager_normal(ks[3], (b, h, kd, state_cols or vd))
     return q, k, v, s0
 
 

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ictl import rng
 from kernels import moba
 from kernels.moba import moba_attention, moba_attention_reference, moba_selection_reference
 
@@ -26,9 +27,9 @@ CASES = [(8 * BS, BS, 3, None), (8 * BS + 1, BS, 3, None), (1000, BS, 4, None), 
 
 def _qkv(seed, T, dtype=jnp.float32):
     kq, kk, kv = jax.random.split(jax.random.key(seed), 3)
-    q = jax.random.normal(kq, (B, T, H, K), jnp.float32)
-    k = jax.random.normal(kk, (B, T, H, K), jnp.float32)
-    v = jax.random.normal(kv, (B, T, H, V), jnp.float32)
+    q = rng.eager_normal(kq, (B, T, H, K), jnp.float32)
+    k = rng.eager_normal(kk, (B, T, H, K), jnp.float32)
+    v = rng.eager_normal(kv, (B, T, H, V), jnp.float32)
     return q.astype(dtype), k.astype(dtype), v.astype(dtype)
 
 
@@ -67,7 +68,7 @@ def test_forward_matches_reference_f32(impl, T, bs, top_k, tau):
                                                   ("xla_union", *CASES[1]), ("pallas", *CASES[1])])
 def test_gradients_match_reference_vjp(impl, T, bs, top_k, tau):
     q, k, v = _qkv(1, T)
-    ct = jax.random.normal(jax.random.key(2), (B, T, H, V))
+    ct = rng.eager_normal(jax.random.key(2), (B, T, H, V))
     kw = dict(block_size=bs, top_k=top_k, threshold=tau)
     for got, want in zip(_vjp(impl, q, k, v, ct, **kw), _vjp("reference", q, k, v, ct, **kw)):
         # rtol 1e-4 elementwise, plus an atol of 1e-5·max|grad| for entries that cancel to ≈ 0.

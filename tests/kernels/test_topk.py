@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from scipy.special import ndtri
 
+from ictl import rng
 from kernels.topk import (
     spark_topk_attention,
     statistical_soft_threshold,
@@ -17,7 +18,7 @@ from kernels.topk import (
 
 
 def _gauss(seed, shape):
-    return jax.random.normal(jax.random.key(seed), shape, jnp.float32)
+    return rng.eager_normal(jax.random.key(seed), shape, jnp.float32)
 
 
 def test_threshold_formula_against_numpy_float64():
@@ -87,8 +88,8 @@ def test_soft_threshold_is_shifted_relu():
 
 def _qkv(seed, B=1, T=24, H=2, K=8, V=4):
     ks = jax.random.split(jax.random.key(seed), 3)
-    return (jax.random.normal(ks[0], (B, T, H, K)), jax.random.normal(ks[1], (B, T, H, K)),
-            jax.random.normal(ks[2], (B, T, H, V)))
+    return (rng.eager_normal(ks[0], (B, T, H, K)), rng.eager_normal(ks[1], (B, T, H, K)),
+            rng.eager_normal(ks[2], (B, T, H, V)))
 
 
 def _numpy_keep_mask(q, k, k_keep, causal):
@@ -122,7 +123,7 @@ def test_spark_attention_matches_numpy_mask_and_gradients(causal):
     spark = jax.jit(functools.partial(spark_topk_attention, k_keep=4, causal=causal))
     want = jax.jit(_masked_attention)(q, k, v, keep)
     assert float(jnp.max(jnp.abs(spark(q, k, v) - want))) <= 1e-5
-    ct = jax.random.normal(jax.random.key(6), want.shape)
+    ct = rng.eager_normal(jax.random.key(6), want.shape)
     got_g = jax.jit(lambda *a: jax.vjp(spark, *a[:3])[1](a[3]))(q, k, v, ct)
     want_g = jax.jit(lambda *a: jax.vjp(lambda *x: _masked_attention(*x, keep), *a[:3])[1](a[3]))(q, k, v, ct)
     for a, b in zip(got_g, want_g):
