@@ -20,9 +20,11 @@ from objectives import half_mse
 
 
 def init_params(key: jax.Array, *, d: int, init_scheme: str = "paper", sigma: float = 0.1):
+    """(LSA module, its parameters); `lazy_init` runs the initialisers alone (the same numbers as
+    `init`, without compiling the forward pass op by op)."""
     model = LSA(d=d, init_scheme=init_scheme, sigma=sigma)
-    x = jnp.zeros((1, 2, d), jnp.float32)
-    return model, model.init(key, x, jnp.zeros((1, 2), jnp.float32), x[:, :1])
+    x = jax.ShapeDtypeStruct((1, 2, d), jnp.float32)
+    return model, model.lazy_init(key, x, jax.ShapeDtypeStruct((1, 2), jnp.float32), jax.ShapeDtypeStruct((1, 1, d), jnp.float32))
 
 
 def prompt_loss_fn(model: LSA, *, d: int, N: int, batch: int, Lam=None, random_cov=None, noise_std: float = 0.0):
