@@ -23,6 +23,7 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def _bucket(n: int) -> int:
@@ -40,8 +41,8 @@ def _scaled_draw(key, scale, *, kind: str, length: int, dtype):
 
 def _init_draw(kind, key, shape, dtype, scale):
     n = math.prod(shape)
-    flat = _scaled_draw(key, scale, kind=kind, length=_bucket(n), dtype=jnp.dtype(dtype))
-    return flat[:n].reshape(shape)
+    flat = np.asarray(_scaled_draw(key, scale, kind=kind, length=_bucket(n), dtype=jnp.dtype(dtype)))
+    return jnp.asarray(flat[:n].reshape(shape))   # sliced in numpy: no slice/reshape program per shape
 
 
 def _use_flax(key) -> bool:
