@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pathlib
 import sys
 from collections.abc import Sequence
@@ -101,17 +102,25 @@ def read_results(workdir: pathlib.Path | str) -> dict | None:
 
 def save_figure(fig, workdir: pathlib.Path | str, stem: str) -> list[pathlib.Path]:
     """Saves ``fig`` as workdir/stem.png (for the report) and workdir/stem.pdf, then closes it (on
-    processes other than 0 of a multi-process job it only closes it)."""
+    processes other than 0 of a multi-process job it only closes it).
+
+    ICTL_DRAFT_FIGURES=1 (the test suite sets it) writes the same two files as drafts: a 20-dpi PNG,
+    no tight layout or bounding box (0.5 instead of 1.1 CPU-s for a two-panel figure)."""
     import matplotlib.pyplot as plt
 
     out = []
     if not _primary():
         plt.close(fig)
         return [pathlib.Path(workdir) / f"{stem}.{ext}" for ext in ("png", "pdf")]
-    fig.tight_layout()
+    draft = os.environ.get("ICTL_DRAFT_FIGURES") == "1"
+    if not draft:
+        fig.tight_layout()
     for ext in ("png", "pdf"):
         path = pathlib.Path(workdir) / f"{stem}.{ext}"
-        fig.savefig(path, dpi=130 if ext == "png" else None, bbox_inches="tight")
+        if draft:
+            fig.savefig(path, dpi=20 if ext == "png" else None)
+        else:
+            fig.savefig(path, dpi=130 if ext == "png" else None, bbox_inches="tight")
         out.append(path)
     plt.close(fig)
     return out

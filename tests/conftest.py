@@ -23,6 +23,7 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_compilation_cache_dir", os.environ.get("ICTL_TEST_CACHE_DIR", str(_ROOT / ".cache" / "jax")))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 os.environ.setdefault("ICTL_NO_PROGRESS", "1")  # no progress bars in test logs
+os.environ.setdefault("ICTL_DRAFT_FIGURES", "1")  # figures as 20-dpi drafts (ictl.results.save_figure)
 
 # Tests compile with XLA's backend optimisations off (jax_disable_most_optimizations): the suite's
 # programs are tiny and compiling dominates, and this cut the CPU time of the GPT and experiment tests by

@@ -70,8 +70,27 @@ def _fake_run(root, name, n_figs, verdicts):
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
-    dirs = [_fake_run(root, "exp_a", 2, [1.0, 1.05]), _fake_run(root, "exp_b", 1, [1.0, 3.0, 0.95])]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ICTL_DRAFT_FIGURES", "0")     # the figures a run writes, not the suite's drafts
+        dirs = [_fake_run(root, "exp_a", 2, [1.0, 1.05]), _fake_run(root, "exp_b", 1, [1.0, 3.0, 0.95])]
     return write_report(dirs, root / "report.html"), dirs
+
+
+def test_draft_figures_are_the_same_files_at_low_resolution(tmp_path, monkeypatch):
+    """ICTL_DRAFT_FIGURES=1 (tests/conftest.py) writes the same PNG and PDF, the PNG at 20 dpi: a
+    4.6 × 3.4 in figure is 92 × 68 pixels; a run's figure (130 dpi, tight box) is several times wider."""
+    import matplotlib.image
+
+    widths = {}
+    for draft in ("1", "0"):
+        monkeypatch.setenv("ICTL_DRAFT_FIGURES", draft)
+        fig, ax = new_figure()
+        ax[0, 0].plot(np.arange(5), np.arange(5))
+        (tmp_path / draft).mkdir()
+        png, pdf = save_figure(fig, tmp_path / draft, "f")
+        assert png.name == "f.png" and pdf.name == "f.pdf" and pdf.read_bytes().startswith(b"%PDF")
+        widths[draft] = matplotlib.image.imread(png).shape[:2]
+    assert widths["1"] == (68, 92) and widths["0"][1] > 400
 
 
 def test_summary_counts_equal_the_rows_verdicts(report):
