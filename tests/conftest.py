@@ -71,10 +71,11 @@ def _peak_rss_gb() -> float:
 
 
 def _cpu_seconds() -> float:
+    """This process's CPU time and that of the subprocesses it has waited for (CLI runs, jobs)."""
     import resource
 
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+    r, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime + c.ru_utime + c.ru_stime
 
 
 @pytest.hookimpl(wrapper=True)
