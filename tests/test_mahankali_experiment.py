@@ -46,7 +46,8 @@ def test_configs_validate():
 
 
 @pytest.mark.slow
-def test_tiny_end_to_end(tmp_path):
+def test_tiny_end_to_end(tmp_path, low_res_figures):
+    low_res_figures(exp)
     c = exp.get_config("quick")
     c.d, c.n_ctx, c.batch, c.num_steps, c.lr, c.log_every, c.eval_prompts = 3, 8, 256, 300, 0.03, 50, 10_000
     c.settings = ("isotropic", "nonlinear")
