@@ -102,7 +102,8 @@ def test_student_t_log_density():
 
 
 @pytest.mark.slow
-def test_dt_gmm_end_to_end(tmp_path):
+def test_dt_gmm_end_to_end(tmp_path, low_res_figures):
+    low_res_figures(dt_gmm)
     c = dt_gmm.get_config("quick")
     c.update(TINY)
     c.cases, c.eval_priors, c.kl_samples, c.eval_n = ("1d",), 200, 200, (8,)
@@ -119,7 +120,8 @@ def test_dt_gmm_end_to_end(tmp_path):
 
 
 @pytest.mark.slow
-def test_dt_filter_end_to_end(tmp_path):
+def test_dt_filter_end_to_end(tmp_path, low_res_figures):
+    low_res_figures(dt_filter)
     c = dt_filter.get_config("quick")
     c.update(TINY)
     c.T, c.eval_traj = 30, 300
@@ -135,7 +137,8 @@ def test_dt_filter_end_to_end(tmp_path):
 
 
 @pytest.mark.slow
-def test_dt_timing_end_to_end(tmp_path):
+def test_dt_timing_end_to_end(tmp_path, low_res_figures):
+    low_res_figures(dt_timing)
     c = dt_timing.get_config("quick")
     c.update(TINY)
     c.eval_priors, c.n_nuts, c.nuts_warmup, c.nuts_draws, c.repeats, c.grid_points = 64, 2, 200, 400, 2, 2001

@@ -46,9 +46,11 @@ def test_configs_validate():
 
 
 @pytest.mark.slow
-def test_tiny_end_to_end(tmp_path):
+def test_tiny_end_to_end(tmp_path, low_res_figures):
+    low_res_figures(exp)
     c = exp.get_config("quick")
-    c.d, c.n_ctx, c.batch, c.num_steps, c.lr, c.log_every, c.eval_prompts = 3, 8, 256, 300, 0.03, 50, 10_000
+    # 150 steps (300 before: the run, not compiling, dominated this test); measured below
+    c.d, c.n_ctx, c.batch, c.num_steps, c.lr, c.log_every, c.eval_prompts = 3, 8, 256, 150, 0.03, 50, 10_000
     c.settings = ("isotropic", "nonlinear")
     exp.validate(c)
     rows = exp.run(c, tmp_path)
@@ -66,8 +68,8 @@ def test_tiny_end_to_end(tmp_path):
         exact = by_q[f"{s}: exact loss of A_LSA vs L*"]
         l_star, excess = exact["expected"], exact["measured"] - exact["expected"]
         assert excess >= -1e-9 * l_star
-        # 300 Adam steps at d=3, N=8 (seeds 0, 1, 2 measured): ‖A − A*‖/‖A*‖ = 1.8–3.8% (bound 10%),
-        # exact excess loss ≤ 0.3% of L* (bound 1%).
+        # 150 Adam steps at d=3, N=8 (seed 0): ‖A − A*‖/‖A*‖ = 3.7% / 3.6% (isotropic / tanh; bound 10%),
+        # exact excess loss 0.27% / 0.20% of L* (bound 1%); 300 steps (seeds 0, 1, 2): 1.8–3.8%, ≤ 0.3%.
         assert by_q[f"{s}: ‖A_LSA − A*‖_F / ‖A*‖_F"]["measured"] < 0.10
         assert excess < 0.01 * l_star
         assert exact["tol"] == 0.01 and exact["tol_kind"] == "rel" and exact["verdict"] == "reproduced"
@@ -80,7 +82,7 @@ def test_tiny_end_to_end(tmp_path):
         assert abs(mc["measured"] - l_star - excess) < 4 * se, (mc, se)
         assert mc["tol"] == pytest.approx(4 * se)   # the tolerance is the run's own 4 SE
         # Paired with the A* predictor on the same prompts: no better than A* beyond 4 SE, and
-        # (measured ≤ 0.7% of L*) less than 2% of L* worse.
+        # (measured 0.4% / 0.5% of L* at 150 steps, ≤ 0.7% at 300) less than 2% of L* worse.
         paired = by_q[f"{s}: trained LSA loss − loss of hᵀA*x_q (paired MC)"]
         paired_se = saved["mc_standard_errors"][s]["paired"]
         assert -4 * paired_se < paired["measured"] < 0.02 * l_star

@@ -18,7 +18,8 @@ def _tiny():
     return c
 
 
-def test_tiny_run(tmp_path):
+def test_tiny_run(tmp_path, low_res_figures):
+    low_res_figures(vo)
     c = _tiny()
     vo.validate(c)
     rows = vo.run(c, tmp_path)

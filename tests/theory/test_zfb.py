@@ -22,6 +22,12 @@ LAM2 = _R @ np.diag([0.4, 1.0, 2.5]) @ _R.T  # does not commute with LAM
 V_RAND = 0.3 * _rng.normal(size=(D, D))  # non-symmetric: catches any transposition error
 
 
+# Prompts per risk Monte Carlo (two chunks of icl_risk_mc's 20 000; the runs, not the compiles, scaled
+# with it: 100 000 cost ≈ 3 CPU-s more per test). The tolerance stays 4 SE; measured |exact − MC| at
+# 40 000 (in SE): shifts 0.31, 0.38, 2.0, 0.24, 2.33; random Λ 1.08, 0.04; OLS 1.73, 0.71, 0.34.
+MC_PROMPTS = 40_000
+
+
 def _mc_close(exact, mc, k=4.0):
     mean, se = mc
     assert abs(exact - mean) <= k * se, f"exact {exact:.6g} vs MC {mean:.6g} ± {se:.2g} (SE)"
@@ -100,7 +106,7 @@ def test_population_loss_mc(x64):
         loss = float(zfb.population_loss(jnp.float64(u), jnp.asarray(U), jnp.asarray(LAM), N))
     assert 2 * loss == pytest.approx(zfb_risk.icl_risk(u * U, M=N, Lam_ctx=LAM), rel=1e-13)
     _mc_close(loss, tuple(0.5 * x for x in zfb_risk.icl_risk_mc(jax.random.key(1), u * U, M=N, Lam_ctx=LAM,
-                                                             num_prompts=100_000)))
+                                                             num_prompts=MC_PROMPTS)))
 
 
 def test_population_loss_gradient_and_dtype(x64):
@@ -135,7 +141,7 @@ SHIFTS = {
 def test_icl_risk_shifts_mc(x64, name):
     which, M, kw = SHIFTS[name]
     V = zfb.optimal_V(LAM, N) if which == "opt" else V_RAND
-    _mc_close(zfb_risk.icl_risk(V, M=M, **kw), zfb_risk.icl_risk_mc(jax.random.key(2), V, M=M, num_prompts=100_000, **kw))
+    _mc_close(zfb_risk.icl_risk(V, M=M, **kw), zfb_risk.icl_risk_mc(jax.random.key(2), V, M=M, num_prompts=MC_PROMPTS, **kw))
 
 
 def test_covariate_shift_bias_and_length_floor():
@@ -166,7 +172,7 @@ def test_ols_risk_mc(x64, M, d, noise, cov):
     exact = zfb_risk.ols_risk(M=M, d=d, noise_std=noise, **kw)
     if (M, d) == (10, 3):  # σ²(1 + tr(QC⁻¹)/(M − d − 1))
         assert exact == pytest.approx(0.25 * (1 + np.trace(np.linalg.solve(LAM2, kw["Lam_query"])) / 6))
-    _mc_close(exact, zfb_risk.ols_risk_mc(jax.random.key(3), M=M, d=d, noise_std=noise, num_prompts=60_000, **kw))
+    _mc_close(exact, zfb_risk.ols_risk_mc(jax.random.key(3), M=M, d=d, noise_std=noise, num_prompts=MC_PROMPTS, **kw))
 
 
 def test_ols_risk_special_cases(x64):
@@ -205,7 +211,7 @@ def test_random_cov_risk_mc(x64, which, M, noise):
     V = zfb_risk.random_cov_fixed_point(D, N, LO, HI).V if which == "opt" else V_RAND
     exact = zfb_risk.random_cov_risk(V, M=M, d=D, lo=LO, hi=HI, noise_std=noise)
     _mc_close(exact, zfb_risk.icl_risk_mc(jax.random.key(6), V, M=M, random_cov=(LO, HI), noise_std=noise,
-                                     num_prompts=100_000))
+                                     num_prompts=MC_PROMPTS))
 
 
 # ------------------------------------------------------------------ training dynamics
@@ -242,7 +248,9 @@ def test_gradient_flow_converges_conserves(x64):
     assert zfb.time_to_eps(tr, 10.0) == 0.0 and zfb.time_to_eps(tr, 1e-30) == math.inf
     # a GD trajectory (no flow to stop) is interpolated between its saves; GD is Euler on the flow, so its
     # time to eps converges to the flow's at first order in lr: halving lr halves the error (ratio ≈ ½)
-    err = [abs(zfb.time_to_eps(zfb.gd_on_population(u0, U0, LAM, N, lr=lr, num_steps=round(100 / lr)), eps) - t_eps)
+    # (10 000 steps at both rates, lr traced: one compiled program; lr = 0.02 runs to t = 200, past the
+    # crossing t_eps ≈ 22 that both runs read off, so the extra steps change nothing)
+    err = [abs(zfb.time_to_eps(zfb.gd_on_population(u0, U0, LAM, N, lr=lr, num_steps=10_000), eps) - t_eps)
            for lr in (0.02, 0.01)]
     assert 0 < err[1] < err[0] < 0.05 * t_eps and err[1] / err[0] == pytest.approx(0.5, abs=0.1), err
 
