@@ -128,24 +128,3 @@ def _free_compiled_programs():
     yield
     jax.clear_caches()
 
-
-def low_res_save_figure(fig, workdir, stem):
-    """`ictl.results.save_figure` for end-to-end tests: the same stem.png and stem.pdf, the PNG at
-    20 dpi and neither with tight bounding boxes (≈ 0.6 instead of ≈ 1.6 CPU-s a figure; what a test
-    checks is that the experiment draws and writes its figures; save_figure itself: test_report_browser)."""
-    import matplotlib.pyplot as plt
-
-    out = [pathlib.Path(workdir) / f"{stem}.{ext}" for ext in ("png", "pdf")]
-    fig.savefig(out[0], dpi=20)
-    fig.savefig(out[1])
-    plt.close(fig)
-    return out
-
-
-@pytest.fixture
-def low_res_figures(monkeypatch):
-    """Call with experiment modules: their `save_figure` becomes `low_res_save_figure` for the test."""
-    def patch(*modules):
-        for m in modules:
-            monkeypatch.setattr(m, "save_figure", low_res_save_figure)
-    return patch

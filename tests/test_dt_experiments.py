@@ -102,8 +102,7 @@ def test_student_t_log_density():
 
 
 @pytest.mark.slow
-def test_dt_gmm_end_to_end(tmp_path, low_res_figures):
-    low_res_figures(dt_gmm)
+def test_dt_gmm_end_to_end(tmp_path):
     c = dt_gmm.get_config("quick")
     c.update(TINY)
     c.cases, c.eval_priors, c.kl_samples, c.eval_n = ("1d",), 200, 200, (8,)
@@ -120,8 +119,7 @@ def test_dt_gmm_end_to_end(tmp_path, low_res_figures):
 
 
 @pytest.mark.slow
-def test_dt_filter_end_to_end(tmp_path, low_res_figures):
-    low_res_figures(dt_filter)
+def test_dt_filter_end_to_end(tmp_path):
     c = dt_filter.get_config("quick")
     c.update(TINY)
     c.T, c.eval_traj = 30, 300
@@ -137,8 +135,7 @@ def test_dt_filter_end_to_end(tmp_path, low_res_figures):
 
 
 @pytest.mark.slow
-def test_dt_timing_end_to_end(tmp_path, low_res_figures):
-    low_res_figures(dt_timing)
+def test_dt_timing_end_to_end(tmp_path):
     c = dt_timing.get_config("quick")
     c.update(TINY)
     c.eval_priors, c.n_nuts, c.nuts_warmup, c.nuts_draws, c.repeats, c.grid_points = 64, 2, 200, 400, 2, 2001

@@ -46,8 +46,7 @@ def test_configs_validate():
 
 
 @pytest.mark.slow
-def test_tiny_end_to_end(tmp_path, low_res_figures):
-    low_res_figures(exp)
+def test_tiny_end_to_end(tmp_path):
     c = exp.get_config("quick")
     # 150 steps (300 before: the run, not compiling, dominated this test); measured below
     c.d, c.n_ctx, c.batch, c.num_steps, c.lr, c.log_every, c.eval_prompts = 3, 8, 256, 150, 0.03, 50, 10_000

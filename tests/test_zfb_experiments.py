@@ -3,7 +3,6 @@ import json
 
 import pytest
 
-from conftest import low_res_save_figure
 from experiments import zfb_dynamics, zfb_shifts
 from ictl.cli import main
 from ictl.train.loop import read_sessions
@@ -15,11 +14,8 @@ SHIFTS = ["--config.steps=60", "--config.batch=256", "--config.M=2,20", "--confi
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
-    with pytest.MonkeyPatch.context() as mp:  # the figures at low resolution (conftest.low_res_save_figure)
-        for m in (zfb_dynamics, zfb_shifts):
-            mp.setattr(m, "save_figure", low_res_save_figure)
-        assert main(["run", "zfb_dynamics", "--workdir", str(root / "dyn"), *DYN]) == 0
-        assert main(["run", "zfb_shifts", "--workdir", str(root / "shifts"), *SHIFTS]) == 0
+    assert main(["run", "zfb_dynamics", "--workdir", str(root / "dyn"), *DYN]) == 0
+    assert main(["run", "zfb_shifts", "--workdir", str(root / "shifts"), *SHIFTS]) == 0
     return root
 
 
