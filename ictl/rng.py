@@ -73,7 +73,7 @@ def _eager(kind, key, shape, dtype):
         draw = jax.random.normal if kind == "normal" else jax.random.uniform
         return draw(key, shape, dtype)
     flat = np.asarray(_prefix_draw(key, length=_pow2(n), dtype=dtype, kind=kind))
-    return jax.numpy.asarray(flat[:n].reshape(shape))   # sliced in numpy: no program per shape
+    return jax.device_put(flat[:n].reshape(shape))   # sliced in numpy: no program per shape
 
 
 def eager_normal(key: jax.Array, shape=(), dtype=jax.numpy.float32) -> jax.Array:

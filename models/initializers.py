@@ -42,7 +42,7 @@ def _scaled_draw(key, scale, *, kind: str, length: int, dtype):
 def _init_draw(kind, key, shape, dtype, scale):
     n = math.prod(shape)
     flat = np.asarray(_scaled_draw(key, scale, kind=kind, length=_bucket(n), dtype=jnp.dtype(dtype)))
-    return jnp.asarray(flat[:n].reshape(shape))   # sliced in numpy: no slice/reshape program per shape
+    return jax.device_put(flat[:n].reshape(shape))   # sliced in numpy: no slice/reshape program per shape
 
 
 def _use_flax(key) -> bool:

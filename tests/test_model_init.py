@@ -57,6 +57,7 @@ def test_gpt_lazy_init_equals_full_init_and_vmap():
     cfg = gpt.GPTConfig(d_in=3, max_tokens=8, n_layers=1, n_heads=2, width=8)
     key = jax.random.key(4)
     lazy = gpt.init_params(cfg, key)
+    assert all(type(x) is type(jnp.zeros(1)) for x in jax.tree_util.tree_leaves(lazy))   # device arrays (`.at`, sharding)
     full = gpt.GPT(cfg).init(key, jnp.zeros((1, cfg.max_tokens, cfg.d_in)))   # runs the forward pass
     assert jax.tree_util.tree_structure(lazy) == jax.tree_util.tree_structure(full)
     assert all(jax.tree_util.tree_leaves(jax.tree_util.tree_map(_same, lazy, full)))
