@@ -6,6 +6,8 @@ import pytest
 
 from models.attention import BACKENDS, GLA_GATE_TEMPERATURE, Attention, attend
 
+pytestmark = pytest.mark.heavy   # scheduled first (tests/conftest.py)
+
 B, T, D, H = 1, 12, 8, 2
 OPTS = dict(block_size=4, top_k=2, k_keep=3)  # MoBA: 3 blocks, 2 kept; Spark: ≈ 3 keys per row
 

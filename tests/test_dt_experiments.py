@@ -14,6 +14,8 @@ from ictl.config import ConfigError
 from ictl.theory import gmm_posterior as gp
 from models.distribution_transformer import GMM, DistributionTransformer, DTConfig, init_params
 
+pytestmark = pytest.mark.heavy   # scheduled first (tests/conftest.py)
+
 TINY = dict(width=8, n_layers=1, n_heads=2, mlp_hidden=16, batch=32, train_steps=40, warmup=0, log_every=20,
             ckpt_every=40)
 

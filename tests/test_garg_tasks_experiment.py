@@ -8,6 +8,8 @@ from experiments import garg_tasks
 from ictl.config import ConfigError
 from ictl.tasks import ood
 
+pytestmark = pytest.mark.heavy   # scheduled first (tests/conftest.py)
+
 
 def _tiny(task):
     c = garg_tasks.get_config("quick")

@@ -11,6 +11,8 @@ from ictl import data as idata
 from ictl import gpicl as gp
 from ictl.config import ConfigError
 
+pytestmark = pytest.mark.heavy   # scheduled first (tests/conftest.py)
+
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):

@@ -14,6 +14,8 @@ import pytest
 from models.gpt import GPT, GPTConfig, SIZES, init_params, num_params, param_partition_specs
 from ictl.tasks import function_classes as fc
 
+pytestmark = pytest.mark.heavy   # scheduled first (tests/conftest.py)
+
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames="x_only")
 def _apply(cfg, params, tokens, x_only=False):

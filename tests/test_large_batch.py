@@ -22,6 +22,8 @@ import pytest
 from ictl import baselines as bl
 from ictl import bayes
 
+pytestmark = pytest.mark.heavy   # scheduled first (tests/conftest.py)
+
 B, N, D = 1280, 41, 5
 B_SHORT, N_SHORT = 4800, 11   # the same number of outputs with short prompts (N × N factors)
 

@@ -26,6 +26,8 @@ from ictl import lsa_training as lt
 from ictl.train import TrainState
 from ictl.train import checkpoint
 
+pytestmark = pytest.mark.heavy   # scheduled first (tests/conftest.py)
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RUN = ["run", "zfb_dynamics", "--config.t1=1.0", "--config.batch=64"]
 FITS = ("sgd", "population_gd")
@@ -36,6 +38,9 @@ DIST_VARS = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "
 def _env(devices: int, **extra) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
     # keeps the suite's XLA flags (tests/conftest.py: the emitter flag cut a subprocess's CPU time 44 → 32 s)
+    # and, as the suite, compiles without XLA's optimisations: every run compared here is compiled alike
+    if os.environ.get("ICTL_TEST_XLA_OPT", "0") != "1":
+        env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"
     env.update(PYTHONPATH=str(ROOT), ICTL_NO_PROGRESS="1", JAX_PLATFORMS="cpu",
                XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip(),
                JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo", **extra)

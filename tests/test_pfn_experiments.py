@@ -7,6 +7,8 @@ import pytest
 from experiments import pfn_gp, pfn_gp_hyperprior
 from ictl.config import ConfigError
 
+pytestmark = pytest.mark.heavy   # scheduled first (tests/conftest.py)
+
 
 def _tiny(c):
     c.n_max, c.n_layers, c.n_heads, c.width, c.num_buckets, c.border_samples = 6, 1, 2, 16, 20, 5000

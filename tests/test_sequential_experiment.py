@@ -11,6 +11,8 @@ from experiments import sequential_icl as si
 from ictl.config import ConfigError
 from ictl.tasks import sequential as sq
 
+pytestmark = pytest.mark.heavy   # scheduled first (tests/conftest.py)
+
 
 def _tiny():
     c = si.get_config("quick")

@@ -19,6 +19,8 @@ from ictl.train import Diverged, TrainState, fit, make_train_step
 from ictl.train.loop import read_sessions
 from ictl.train.tensorboard import read_events
 
+pytestmark = pytest.mark.heavy   # scheduled first (tests/conftest.py)
+
 D, N = 3, 8
 
 

@@ -9,6 +9,8 @@ import pytest
 from experiments import vonoswald_gd as vo
 from ictl.config import ConfigError
 
+pytestmark = pytest.mark.heavy   # scheduled first (tests/conftest.py)
+
 
 def _tiny():
     c = vo.get_config("quick")

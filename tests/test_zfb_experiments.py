@@ -7,6 +7,8 @@ from experiments import zfb_dynamics, zfb_shifts
 from ictl.cli import main
 from ictl.train.loop import read_sessions
 
+pytestmark = pytest.mark.heavy   # scheduled first (tests/conftest.py)
+
 DYN = ["--config.t1=1.0", "--config.lr=0.02", "--config.batch=256", "--config.eval_every=10"]
 SHIFTS = ["--config.steps=60", "--config.batch=256", "--config.M=2,20", "--config.num_prompts=500"]
 

@@ -25,6 +25,8 @@ from kernels._common import BlockSizes
 from kernels.gla import gla, gla_decode_step, gla_reference
 from kernels.linear_attention import linear_attention
 
+pytestmark = pytest.mark.heavy   # scheduled first (tests/conftest.py)
+
 # `kernels.gla` is the package-level function, so the module is reached through importlib
 gla_module = importlib.import_module("kernels.gla")
 

@@ -14,6 +14,8 @@ from ictl import rng
 from kernels import moba
 from kernels.moba import moba_attention, moba_attention_reference, moba_selection_reference
 
+pytestmark = pytest.mark.heavy   # scheduled first (tests/conftest.py)
+
 INTERPRET = os.environ.get("ICTL_KERNELS_COMPILED") != "1"
 IMPLS = ("xla", "xla_union", "pallas")
 B, H, K, V = 1, 2, 16, 32  # V ≠ K catches layout mix-ups

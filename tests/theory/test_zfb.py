@@ -13,6 +13,8 @@ import pytest
 from ictl.tasks.linear import sample_linear_prompts
 from ictl.theory import zfb, zfb_risk
 
+pytestmark = pytest.mark.heavy   # scheduled first (tests/conftest.py)
+
 D, N = 3, 10
 _rng = np.random.default_rng(1)
 _B = _rng.normal(size=(D, D))
