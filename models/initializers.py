@@ -46,9 +46,10 @@ def _init_draw(kind, key, shape, dtype, scale):
 
 
 def _use_flax(key) -> bool:
-    """Flax's own initialiser: under a transformation, or without partitionable threefry (the
-    prefix property needs it)."""
-    return isinstance(key, jax.core.Tracer) or not jax.config.jax_threefry_partitionable
+    """Flax's own initialiser: under a transformation, or for keys without the prefix property (it
+    needs partitionable threefry: not RBG keys, not the older threefry counting)."""
+    return (isinstance(key, jax.core.Tracer) or not jax.config.jax_threefry_partitionable
+            or str(jax.random.key_impl(key)) != "threefry2x32")
 
 
 def normal_init(stddev: float, dtype=None):

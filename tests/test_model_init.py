@@ -45,6 +45,9 @@ def test_without_partitionable_threefry_the_plain_draw_is_used():
     key = jax.random.key(3)
     with jax.threefry_partitionable(False):
         assert _same(initializers.normal_init(0.02)(key, (6, 64)), nn.initializers.normal(0.02)(key, (6, 64)))
+    rbg = jax.random.key(3, impl="rbg")          # no prefix property assumed: flax's draw
+    assert _same(initializers.fan_in_uniform_init(1 / 3)(rbg, (6, 64)),
+                 nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")(rbg, (6, 64)))
 
 
 def test_rank_one_fan_in_is_a_clear_error():
