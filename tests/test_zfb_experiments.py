@@ -3,7 +3,6 @@ import json
 
 import pytest
 
-from experiments import zfb_dynamics, zfb_shifts
 from ictl.cli import main
 from ictl.train.loop import read_sessions
 
