@@ -108,14 +108,20 @@ def execute(name: str, config, workdir: pathlib.Path) -> list[dict]:
     return rows
 
 
+def summary_line(name: str, rows) -> str:
+    """"NAME: R results, C of N claims reproduced" (what `ictl run` and `ictl reproduce` print)."""
+    from ictl.results import count_verdicts
+
+    c = count_verdicts(rows)
+    return f"{name}: {len(rows)} results, {c['reproduced']} of {c['reproduced'] + c['not reproduced']} claims reproduced"
+
+
 def _print_rows(name: str, rows) -> None:
     from ictl.multihost import is_primary
-    from ictl.results import count_verdicts
 
     if not is_primary():
         return
-    c = count_verdicts(rows)
-    print(f"{name}: {len(rows)} results, {c['reproduced']} of {c['reproduced'] + c['not reproduced']} claims reproduced")
+    print(summary_line(name, rows))
     for r in rows:
         rel = "" if r.get("rel_err") is None else f"  rel_err {r['rel_err']:.3g}"
         print(f"  [{r.get('verdict', 'informational')}] {r['quantity']}: measured {r['measured']:.6g}  "

@@ -55,11 +55,10 @@ def run_parallel(plans: list[tuple[str, pathlib.Path, str]], jobs: int, say) -> 
 
 
 def _say_rows(name: str, workdir: pathlib.Path, say) -> None:
-    from ictl.results import count_verdicts, read_results
+    from ictl.cli import summary_line
+    from ictl.results import read_results
 
-    rows = (read_results(workdir) or {}).get("rows", [])
-    c = count_verdicts(rows)
-    say(f"{name}: {len(rows)} results, {c['reproduced']} of {c['reproduced'] + c['not reproduced']} claims reproduced")
+    say(summary_line(name, (read_results(workdir) or {}).get("rows", [])))
 
 
 def _child(name: str, workdir: pathlib.Path, mode: str) -> int:
