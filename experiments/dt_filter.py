@@ -33,6 +33,7 @@ from ictl.theory import gmm_posterior as gp
 from models.distribution_transformer import GMM, DTConfig, gmm_from_moments
 
 REPRODUCE = True
+QUICK_CPU_S = 89  # CPU seconds of a fresh quick run (2-core EPYC); `reproduce --jobs` starts the longest first
 TITLE = "Distribution Transformer as a filter: posterior fed back for 100 steps vs the Kalman filter (2 sensors)"
 
 

@@ -35,6 +35,7 @@ from ictl.theory import gmm_posterior as gp
 from models.distribution_transformer import GMM, DTConfig
 
 REPRODUCE = True
+QUICK_CPU_S = 122  # CPU seconds of a fresh quick run (2-core EPYC); `reproduce --jobs` starts the longest first
 # the paper's claim is "orders of magnitude faster than MCMC"; at least 10× is its weakest reading, and
 # wall-clock ratios within one run survive a loaded machine far better than absolute times
 _FASTER = "paper: orders of magnitude faster than MCMC; 10× is the weakest reading (a ratio within one run)"

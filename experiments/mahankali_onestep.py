@@ -44,6 +44,7 @@ from ictl.train import TrainState, fit, make_train_step
 from models.lsa import INITS, LSA
 
 REPRODUCE = True
+QUICK_CPU_S = 139  # CPU seconds of a fresh quick run (2-core EPYC); `reproduce --jobs` starts the longest first
 TITLE = "Mahankali et al. 2023: the trained 1-layer LSA is one step of (preconditioned) GD"
 SETTINGS = ("isotropic", "anisotropic", "noisy", "nonlinear")
 EVAL_CHUNK = 10_000

@@ -48,6 +48,7 @@ from ictl.tasks import function_classes as fc
 from ictl.train import TrainState, fit, make_train_step
 
 REPRODUCE = True
+QUICK_CPU_S = 154  # CPU seconds of a fresh quick run (2-core EPYC); `reproduce --jobs` starts the longest first
 TITLE = "Order sensitivity: causal transformer vs GD vs ZFB's LSA under permutations of the examples"
 U32 = 2.0**-24
 

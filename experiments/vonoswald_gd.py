@@ -53,6 +53,7 @@ from models.lsa_stack import LSAStack, gd_construction_params, interpolated_para
 from objectives.regression import half_mse
 
 REPRODUCE = True
+QUICK_CPU_S = 254  # CPU seconds of a fresh quick run (2-core EPYC); `reproduce --jobs` starts the longest first
 TITLE = "von Oswald et al. 2022: trained linear self-attention = gradient descent in context"
 PAPER_LOSS = 0.205  # the paper's trained 1-layer ½MSE (d = N = 10, U(−0.5, 0.5))
 

@@ -36,6 +36,7 @@ from ictl.train import TrainState, fit, make_train_step
 from models.lsa import INITS, reduced_params
 
 REPRODUCE = True
+QUICK_CPU_S = 41  # CPU seconds of a fresh quick run (2-core EPYC); `reproduce --jobs` starts the longest first
 TITLE = "ZFB 2023: LSA training dynamics vs the gradient-flow ODE and L*"
 
 

@@ -43,6 +43,7 @@ from ictl.train import TrainState, fit, make_train_step
 from models.lsa import effective_V
 
 REPRODUCE = True
+QUICK_CPU_S = 155  # CPU seconds of a fresh quick run (2-core EPYC); `reproduce --jobs` starts the longest first
 TITLE = "ZFB 2023: ICL risk vs prompt length under task / query / covariate shift and random covariances"
 SHIFTS = ("none", "task", "query", "covariate", "random_cov")
 V_TARGET = 0.02  # trained V (and its predictions) within 2% of Γ⁻¹ / V* (mahankali_onestep's preconditioner target)

@@ -45,6 +45,7 @@ from ictl.train import TrainState, fit, make_train_step, shard_batch
 from models.causal_lsa import CausalLSA, ar_loss, one_step_gd_reference, reduced_params
 
 REPRODUCE = True
+QUICK_CPU_S = 176  # CPU seconds of a fresh quick run (2-core EPYC); `reproduce --jobs` starts the longest first
 TITLE = "Zheng et al. 2024: AR-trained causal LSA → one-step-GD mesa-optimizer; recovery iff m4² = m2·m6"
 
 

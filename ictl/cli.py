@@ -288,9 +288,10 @@ def cmd_reproduce(args) -> int:
             _print_rows(name, rows)
             say(f"   ({time.time() - t0:.0f} s)")
         if parallel:
-            from ictl.reproduce_jobs import run_parallel
+            from ictl.reproduce_jobs import longest_first, run_parallel
 
-            say(f"running {len(parallel)} experiments, {args.jobs} at a time")
+            parallel = longest_first(parallel, lambda n: getattr(load_experiment(n), "QUICK_CPU_S", 0.0))
+            say(f"running {len(parallel)} experiments, {args.jobs} at a time, longest first")
             failed = run_parallel(parallel, args.jobs, say)
     if primary:
         from ictl.report import write_report

@@ -9,6 +9,11 @@ depend on what runs beside it; timings inside an experiment (dt_timing's ratios)
 The parent (`ictl.cli.cmd_reproduce`) holds every workdir's lock and prepares the workdirs; a child
 (`python -m ictl.reproduce_jobs NAME WORKDIR fresh|resume`) runs one experiment in its prepared
 workdir and writes its output to WORKDIR/reproduce.log.
+
+Order: longest first (`longest_first`, each experiment's QUICK_CPU_S): with N workers taking the next
+experiment as one frees up, starting the long ones first keeps one long experiment from running alone
+at the end (the classic longest-processing-time rule; alphabetical order left vonoswald_gd, the
+longest, to start fifth and zheng_mesa to end alone).
 """
 from __future__ import annotations
 
@@ -19,6 +24,12 @@ import sys
 import time
 
 LOG_FILE = "reproduce.log"
+
+
+def longest_first(plans: list, cost) -> list:
+    """``plans`` (tuples whose first item is the experiment name) sorted by ``cost(name)``, largest first;
+    ties keep their order."""
+    return sorted(plans, key=lambda plan: -cost(plan[0]))
 
 
 def run_parallel(plans: list[tuple[str, pathlib.Path, str]], jobs: int, say) -> list[str]:

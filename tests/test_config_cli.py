@@ -136,6 +136,19 @@ def test_reproduce_selection():
     assert cli.reproduce_names(only="zfb_shifts,garg_tasks") == ["zfb_shifts", "garg_tasks"]
 
 
+def test_parallel_reproduce_starts_the_longest_first():
+    from ictl.reproduce_jobs import longest_first
+
+    costs = {}
+    for name in cli.reproduce_names():  # every experiment of the default reproduction says what it costs
+        costs[name] = cli.load_experiment(name).QUICK_CPU_S
+        assert isinstance(costs[name], (int, float)) and costs[name] > 0, name
+    plans = [(n, f"runs/{n}", "fresh") for n in sorted(costs)]
+    ordered = [p[0] for p in longest_first(plans, costs.__getitem__)]
+    assert sorted(ordered) == sorted(costs) and [costs[n] for n in ordered] == sorted(costs.values(), reverse=True)
+    assert [p[0] for p in longest_first([("a", 1), ("b", 2), ("c", 3)], {"a": 5, "b": 7, "c": 5}.get)] == ["b", "a", "c"]
+
+
 def test_parallel_reproduce_reports_a_failed_child(tmp_path):
     """`reproduce --jobs N` runs each experiment in a child process; one that fails is named with the
     end of its log, and the others go on."""
