@@ -44,3 +44,23 @@ def test_random_cov_and_fixed_task(x64):
     ratio = np.asarray(p.x_ctx).var(axis=1, ddof=1) / lam  # unbiased per-prompt variance
     assert abs(ratio.mean() - 1.0) < 0.01
     np.testing.assert_array_equal(np.asarray(p.w), np.broadcast_to([1.0, -2.0, 0.5], (20000, 3)))
+
+
+def test_noiseless_labels_are_bitwise_those_with_zero_noise_added():
+    """noise_std = 0 skips the noise draw; the labels keep every bit of x·w + 0·ε (the former form)."""
+    from ictl import rng
+
+    def drawn(key, batch, n_ctx, d):   # the former sampler's noiseless labels: 0·ε drawn and added
+        _, k_x, k_q, k_w, k_e = jax.random.split(key, 5)
+        x, xq, w = rng.normal(k_x, (batch, n_ctx, d)), rng.normal(k_q, (batch, 1, d)), rng.normal(k_w, (batch, d))
+        eps = 0.0 * rng.normal(k_e, (batch, n_ctx + 1))
+        return jnp.einsum("bnd,bd->bn", x, w) + eps[:, :n_ctx], jnp.einsum("bqd,bd->bq", xq, w) + eps[:, n_ctx:]
+
+    for seed in range(3):
+        want = jax.jit(drawn, static_argnums=(1, 2, 3))(jax.random.key(seed), 500, 20, 5)
+        p = jax.jit(lambda k: sample_linear_prompts(k, batch=500, n_ctx=20, d=5))(jax.random.key(seed))
+        for a, b in zip(want, (p.y_ctx, p.y_q)):
+            np.testing.assert_array_equal(np.asarray(a).view(np.uint32), np.asarray(b).view(np.uint32))
+    noisy = sample_linear_prompts(jax.random.key(0), batch=500, n_ctx=20, d=5, noise_std=0.5)
+    resid = np.asarray(noisy.y_ctx) - np.einsum("bnd,bd->bn", np.asarray(noisy.x_ctx), np.asarray(noisy.w))
+    assert 0.45 < resid.std() < 0.55   # σ = 0.5 on 10⁴ residuals: SE of the std ≈ 0.0035
