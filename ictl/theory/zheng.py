@@ -36,6 +36,8 @@ limiting relative error; ≥ 0 by Cauchy–Schwarz), our reading of the paper's 
 """
 from __future__ import annotations
 
+import functools
+
 from typing import NamedTuple
 
 import jax
@@ -134,20 +136,25 @@ def solve_flow(
     """Integrates da/dτ = −b(abᾱ − m4), db/dτ = −a(abᾱ − m4) from (a0, b0) to τ = t1 (float64;
     dopri5 at rtol 1e-10, atol 1e-12 as ``zfb.gradient_flow``, or rk4 with 20 steps per save)."""
     ab = alpha_bar(moments, d=d, length=length)
-    m4 = float(moments.m4)
     with jax.enable_x64(True):
-        def field(tau, y):
-            del tau
-            a, b = y
-            g = a * b * ab - m4
-            return (-b * g, -a * g)
-
-        y0 = (jnp.asarray(a0, jnp.float64), jnp.asarray(b0, jnp.float64))
-        kw = {"num_steps": 20 * (num_saves - 1)} if method == "rk4" else {"rtol": 1e-10, "atol": 1e-12}
-        sol = solve_ode(field, y0, t1=t1, num_saves=num_saves, method=method, **kw)
-        a, b = sol.ys
+        f64 = functools.partial(jnp.asarray, dtype=jnp.float64)
+        a, b, ts = _flow_solve(f64(a0), f64(b0), f64(ab), f64(moments.m4), f64(t1), num_saves=num_saves, method=method)
         c = a * b
-        return Flow(sol.ts, a, b, c, population_loss(c, moments=moments, d=d, length=length))
+        return Flow(ts, a, b, c, population_loss(c, moments=moments, d=d, length=length))
+
+
+@functools.partial(jax.jit, static_argnames=("num_saves", "method"))
+def _flow_solve(a0, b0, ab, m4, t1, *, num_saves, method):
+    # ᾱ, m4 and t1 traced: one compilation serves every distribution, length and horizon
+    def field(tau, y):
+        del tau
+        a, b = y
+        g = a * b * ab - m4
+        return (-b * g, -a * g)
+
+    kw = {"num_steps": 20 * (num_saves - 1)} if method == "rk4" else {"rtol": 1e-10, "atol": 1e-12}
+    sol = solve_ode(field, (a0, b0), t1=t1, num_saves=num_saves, method=method, **kw)
+    return sol.ys[0], sol.ys[1], sol.ts
 
 
 def logistic_product(tau, *, c0: float, moments: Moments, d: int, length: int) -> Float[Array, "*S"]:
