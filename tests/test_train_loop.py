@@ -244,7 +244,12 @@ def test_steps_per_call_is_bitwise_for_the_gpt_step(tmp_path):
     c = ml_collections.ConfigDict(dict(task="linear", d=3, n_points=5, batch=8, curriculum=False))
     model = GPT(GPTConfig(d_in=3, max_tokens=10, n_layers=1, n_heads=2, width=16))
     tx = optax.adam(1e-3)
-    state = TrainState.create(params=init_params(model.cfg, jax.random.key(0)), tx=tx)
+    # the two fits start from the same state, whatever its values: N(0, 0.02²) from NumPy in the
+    # parameters' shapes (the initialisers run eagerly would each compile, optimised under this mark)
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda s: jnp.asarray(0.02 * rng.standard_normal(s.shape), s.dtype),
+                          jax.eval_shape(lambda key: init_params(model.cfg, key), jax.random.key(0)))
+    state = TrainState.create(params=params, tx=tx)
     kw = dict(key=jax.random.key(1), num_steps=8, log_every=4, ckpt_every=8)
     one, h1 = fit(state, make_icl_step(model, tx, c), workdir=tmp_path / "k1", **kw)
     four, h4 = fit(state, make_icl_step(model, tx, c), workdir=tmp_path / "k4", steps_per_call=4, **kw)
