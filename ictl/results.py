@@ -105,7 +105,8 @@ def save_figure(fig, workdir: pathlib.Path | str, stem: str) -> list[pathlib.Pat
     processes other than 0 of a multi-process job it only closes it).
 
     ICTL_DRAFT_FIGURES=1 (the test suite sets it) writes the same two files as drafts: a 20-dpi PNG,
-    no tight layout or bounding box (0.5 instead of 1.1 CPU-s for a two-panel figure)."""
+    no tight layout or bounding box (0.5 instead of 1.1 CPU-s for a two-panel figure), and the PDF a
+    page holding that PNG (Pillow), so the figure is drawn once, not twice (1.0 s fewer for a 16-panel one)."""
     import matplotlib.pyplot as plt
 
     out = []
@@ -117,8 +118,13 @@ def save_figure(fig, workdir: pathlib.Path | str, stem: str) -> list[pathlib.Pat
         fig.tight_layout()
     for ext in ("png", "pdf"):
         path = pathlib.Path(workdir) / f"{stem}.{ext}"
-        if draft:
-            fig.savefig(path, dpi=20 if ext == "png" else None)
+        if draft and ext == "pdf":
+            from PIL import Image
+
+            with Image.open(out[0]) as png:
+                png.convert("RGB").save(path, "PDF")
+        elif draft:
+            fig.savefig(path, dpi=20)
         else:
             fig.savefig(path, dpi=130 if ext == "png" else None, bbox_inches="tight")
         out.append(path)

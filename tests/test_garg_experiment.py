@@ -6,11 +6,16 @@ import pytest
 
 from experiments import garg_linear
 from ictl.config import ConfigError
+from models import gpt
 
 
-def test_run_end_to_end(tmp_path):
+def test_run_end_to_end(tmp_path, monkeypatch):
     """Two seeds in one vmapped step, 10 steps per dispatch: files, rows, seed band, baselines."""
+    # a size "test" = 1 layer, 2 heads, D = 16: compiling the (vmapped, scanned) train step of "tiny"
+    # (3 layers, D = 64, layers unrolled) was most of this test's time; nothing below depends on depth
+    monkeypatch.setitem(gpt.SIZES, "test", (1, 2, 16))
     c = garg_linear.get_config("quick")
+    c.size = "test"
     c.train_steps, c.warmup, c.log_every, c.ckpt_every, c.steps_per_call, c.seeds = 40, 0, 10, 40, 10, 2
     c.lr, c.eval_prompts, c.n_boot, c.d, c.n_points, c.batch = 3e-3, 64, 50, 3, 6, 16
     rows = garg_linear.run(c, tmp_path)

@@ -7,13 +7,23 @@ import pytest
 from experiments import garg_tasks
 from ictl.config import ConfigError
 from ictl.tasks import ood
+from models import gpt
 
 pytestmark = pytest.mark.heavy   # scheduled first (tests/conftest.py)
 
 
+@pytest.fixture(autouse=True)
+def _one_layer_gpt(monkeypatch):
+    """A size "test" = 1 layer, 2 heads, D = 16 for these smoke runs: compiling the train step (its
+    layers unrolled) was most of each test's time with "tiny" (3 layers, D = 64). What is checked
+    here — rows, baselines, OOD suites, files — does not depend on depth (tests/test_gpt.py covers
+    the named sizes)."""
+    monkeypatch.setitem(gpt.SIZES, "test", (1, 2, 16))
+
+
 def _tiny(task):
     c = garg_tasks.get_config("quick")
-    c.task = task
+    c.task, c.size = task, "test"
     c.train_steps, c.warmup, c.log_every, c.ckpt_every, c.steps_per_call = 20, 0, 10, 20, 10
     # 16 prompts everywhere = the training batch: one shape for every evaluation of every task, so the
     # baselines shared between tasks (least squares, 3-NN, averaging: one jitted program per function

@@ -93,10 +93,12 @@ def test_zero_error_is_the_label_power(name):
     """zero_error (the scale of the fidelity tolerance) = E y² / norm, against sampled prompts (4 SE)."""
     c = pf.get_config("quick")
     fam = pf.BUILDERS[name](c)
-    _, y = fam.sample(jax.random.key(11), 4000)
-    y2 = np.asarray(y, np.float64).reshape(-1) ** 2 / fam.norm
+    # the prompt counts of the tests above: one jitted sampler of the same shape (compile cache), not eager ops
+    batch = 2000 if name == "fourier" else 5000
+    _, y = _prompts(fam, batch, 11)
+    y2 = y.reshape(-1) ** 2 / fam.norm
     # labels of one prompt share w: the SE is over prompts (mean per prompt, then across prompts)
-    per_prompt = y2.reshape(4000, -1).mean(1)
+    per_prompt = y2.reshape(batch, -1).mean(1)
     se = per_prompt.std(ddof=1) / np.sqrt(per_prompt.size)
     assert abs(per_prompt.mean() - pf.zero_error(name, c)) < 4 * se, (per_prompt.mean(), pf.zero_error(name, c), se)
 
@@ -106,7 +108,7 @@ def test_run_end_to_end(tmp_path):
     c.families = "mixture"
     c.n_points, c.width, c.n_layers = 6, 16, 1
     c.train_steps, c.warmup, c.log_every, c.ckpt_every, c.batch = 10, 0, 5, 10, 16
-    c.eval_prompts, c.n_boot = 400, 50
+    c.eval_prompts, c.n_boot = 256, 50   # one chunk of `ev.transformer_predictions` (one forward shape)
     rows = pf.run(c, tmp_path)
     for stem in ("prism_families.png", "prism_families.pdf", "results.json"):
         assert (tmp_path / stem).exists()
@@ -127,7 +129,7 @@ def test_run_end_to_end(tmp_path):
                    for r in rows)
         assert np.isfinite(res["last_loss"][fam]) and res["train_seconds"][fam] > 0
     # k = 0: every predictor returns the prior mean 0; error/d = (E(wᵀx)² + σ²)/d = (d + σ²)/d = 2.25/2
-    # for both families (E‖w‖² = d), within 4 SE of 400 prompts
+    # for both families (E‖w‖² = d), within 4 SE of 256 prompts
     assert c.d == 2
     for name, g in res["curves"]["mixture"].items():
         if name != "transformer":

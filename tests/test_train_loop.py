@@ -31,13 +31,20 @@ def _setup(lr=0.05, batch=64):
     return TrainState.create(params=params, tx=tx), step
 
 
+@pytest.fixture(scope="module")
+def lsa():
+    """`_setup()` once per file, set up before any test's `xla_optimized` mark applies: its eager
+    initialisers compile once, unoptimised (the state is copied by `fit`, never donated)."""
+    return _setup()
+
+
 def _same(a, b):
     return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
 @pytest.mark.xla_optimized
-def test_resume_is_bitwise_exact(tmp_path):
-    state, step = _setup()
+def test_resume_is_bitwise_exact(tmp_path, lsa):
+    state, step = lsa
     key = jax.random.key(1)
     full, hist_full = fit(state, step, key=key, num_steps=60, workdir=tmp_path / "a", log_every=10, ckpt_every=25)
     part, _ = fit(state, step, key=key, num_steps=35, workdir=tmp_path / "b", log_every=10, ckpt_every=25)
@@ -53,8 +60,8 @@ def test_resume_is_bitwise_exact(tmp_path):
     assert hist == hist_full
 
 
-def test_jit_matches_no_jit():
-    state, step = _setup()
+def test_jit_matches_no_jit(lsa):
+    state, step = lsa
     key = jax.random.key(3)
     s_jit, m_jit = jax.jit(step)(state, key)
     with jax.disable_jit():
@@ -64,8 +71,8 @@ def test_jit_matches_no_jit():
     np.testing.assert_allclose(m_jit["loss"], m_eager["loss"], rtol=1e-5)
 
 
-def test_divergence_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
-    state, _ = _setup()
+def test_divergence_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, lsa):
+    state, _ = lsa
     tx = optax.sgd(1.0)
 
     def loss_fn(params, key):  # finite until the step count passes 30, then NaN
@@ -84,8 +91,8 @@ def test_divergence_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
     assert sorted(int(p.name) for p in (tmp_path / "ckpt").iterdir() if p.name.isdigit()) == [20, 30]
 
 
-def test_damaged_checkpoint_falls_back(tmp_path, capsys):
-    state, step = _setup()
+def test_damaged_checkpoint_falls_back(tmp_path, capsys, lsa):
+    state, step = lsa
     key = jax.random.key(4)
     ref, _ = fit(state, step, key=key, num_steps=40, workdir=tmp_path / "ref", log_every=10, ckpt_every=20)
     fit(state, step, key=key, num_steps=40, workdir=tmp_path / "x", log_every=10, ckpt_every=20)
@@ -100,8 +107,8 @@ def test_damaged_checkpoint_falls_back(tmp_path, capsys):
     assert _same(ref, again)
 
 
-def test_metrics_jsonl_and_tensorboard(tmp_path):
-    state, step = _setup()
+def test_metrics_jsonl_and_tensorboard(tmp_path, lsa):
+    state, step = lsa
     _, hist = fit(state, step, key=jax.random.key(5), num_steps=20, workdir=tmp_path, log_every=5, ckpt_every=20)
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [5, 10, 15, 20] and lines == hist
@@ -116,14 +123,18 @@ def test_metrics_jsonl_and_tensorboard(tmp_path):
         assert all(got[k] == pytest.approx(want[k], rel=1e-6) for k in got)
 
 
+# the signal handling is under test, not a model: a least-squares fit of one vector (a tiny program to
+# compile in the fresh process, which starts with no compile cache)
 SIGTERM_SCRIPT = textwrap.dedent("""
-    import os, sys, jax, optax
+    import os, sys, jax, jax.numpy as jnp, optax
     sys.path.insert(0, {root!r})
-    from ictl import lsa_training as lt
     from ictl.train import TrainState, fit, make_train_step
-    model, params = lt.init_params(jax.random.key(0), d=3, sigma=0.2)
+    params = {{"w": jnp.zeros(3)}}
     tx = optax.adam(0.05)
-    base = make_train_step(lt.prompt_loss_fn(model, d=3, N=8, batch=64), tx)
+    def loss_fn(p, key):
+        x = jax.random.normal(key, (64, 3))
+        return jnp.mean(jnp.square(x @ (p["w"] - 1.0))), {{}}
+    base = make_train_step(loss_fn, tx)
     def step(state, key):
         new, m = base(state, key)
         # the test's signal arrives while step 7 runs (host callback), like a real preemption
@@ -144,10 +155,10 @@ def test_sigterm_checkpoints_then_exits(tmp_path):
     assert steps and 8 <= steps[-1] <= 10, steps  # saved right after the step the signal interrupted
 
 
-def test_step_compiles_once(tmp_path):
+def test_step_compiles_once(tmp_path, lsa):
     """The step is traced a fixed number of times per run — once for the loop body, once for the shape of
     its metrics — however many steps and calls (25 steps in calls of 1 and of 5, no silent retraces)."""
-    state, step = _setup()
+    state, step = lsa
     for k in (1, 5):
         traces = []
 
@@ -171,10 +182,10 @@ def test_warmup_cosine_schedule():
 
 
 @pytest.mark.xla_optimized
-def test_steps_per_call_is_bitwise_k_single_steps_and_resumes(tmp_path):
+def test_steps_per_call_is_bitwise_k_single_steps_and_resumes(tmp_path, lsa):
     """K = 5 steps per dispatch (lax.scan, keys fold_in(key, step)) = 23 single steps, bit for bit,
     including the shorter last call (23 = 4·5 + 3) and a resume from the checkpoint at 10."""
-    state, step = _setup()
+    state, step = lsa
     key = jax.random.key(7)
     ref, h_ref = fit(state, step, key=key, num_steps=23, workdir=tmp_path / "k1", log_every=5, ckpt_every=10)
     fit(state, step, key=key, num_steps=12, workdir=tmp_path / "k5", log_every=5, ckpt_every=10, steps_per_call=5)
@@ -188,8 +199,8 @@ def test_steps_per_call_is_bitwise_k_single_steps_and_resumes(tmp_path):
 
 @pytest.mark.parametrize("k, needle", [(0, "allowed an integer >= 1"), (2.5, "allowed an integer >= 1"),
                                        (3, "must divide log_every=10")])
-def test_steps_per_call_bad_values(tmp_path, k, needle):
-    state, step = _setup()
+def test_steps_per_call_bad_values(tmp_path, k, needle, lsa):
+    state, step = lsa
     with pytest.raises(ValueError, match=needle):
         fit(state, step, key=jax.random.key(0), num_steps=10, workdir=tmp_path, log_every=10, ckpt_every=10,
             steps_per_call=k)
@@ -240,7 +251,12 @@ def test_steps_per_call_is_bitwise_for_the_gpt_step(tmp_path):
     c = ml_collections.ConfigDict(dict(task="linear", d=3, n_points=5, batch=8, curriculum=False))
     model = GPT(GPTConfig(d_in=3, max_tokens=10, n_layers=1, n_heads=2, width=16))
     tx = optax.adam(1e-3)
-    state = TrainState.create(params=init_params(model.cfg, jax.random.key(0)), tx=tx)
+    # the two fits start from the same state, whatever its values: N(0, 0.02²) from NumPy in the
+    # parameters' shapes (the initialisers run eagerly would each compile, optimised under this mark)
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda s: jnp.asarray(0.02 * rng.standard_normal(s.shape), s.dtype),
+                          jax.eval_shape(lambda key: init_params(model.cfg, key), jax.random.key(0)))
+    state = TrainState.create(params=params, tx=tx)
     kw = dict(key=jax.random.key(1), num_steps=8, log_every=4, ckpt_every=8)
     one, h1 = fit(state, make_icl_step(model, tx, c), workdir=tmp_path / "k1", **kw)
     four, h4 = fit(state, make_icl_step(model, tx, c), workdir=tmp_path / "k4", steps_per_call=4, **kw)
