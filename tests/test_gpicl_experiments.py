@@ -55,7 +55,7 @@ def toy(module, data_dir, **kw):
 def test_transition_end_to_end(data_dir, tmp_path, figures):
     # a pool of 2^0 tasks and fresh tasks at toy()'s 4 steps: the same two training programs as gpicl_plateau's
     # and gpicl_state's transformer (2^0) and gpicl_transfer's (fresh) in the next test, which load them from
-    # the compilation cache (tracing and lowering only: 23 → 18 CPU-s there)
+    # the compilation cache (tracing and lowering only: 23 → 20 CPU-s there, cold cache)
     c = toy(gpicl_transition, data_dir, log2_tasks="0,fresh")
     rows = gpicl_transition.run(c, tmp_path)
     res = json.loads((tmp_path / "results.json").read_text())
