@@ -8,7 +8,11 @@ from ictl.train.loop import read_sessions
 
 pytestmark = pytest.mark.heavy   # scheduled first (tests/conftest.py)
 
-DYN = ["--config.t1=1.0", "--config.lr=0.02", "--config.batch=256", "--config.eval_every=10"]
+# N = 1 and eps_frac = 0.2: L* = d(d+1)/(2(N+d+1)) = 2.143 is within 16% of the initial loss 2.484, so the
+# time to L*·(1 + eps_frac) is t = 0 and the diffrax event solve behind it (tested in tests/theory/test_zfb.py)
+# is neither traced nor compiled: 4 of this file's 30 CPU-s
+DYN = ["--config.t1=1.0", "--config.lr=0.02", "--config.batch=256", "--config.eval_every=10", "--config.N=1",
+       "--config.eps_frac=0.2"]
 SHIFTS = ["--config.steps=60", "--config.batch=256", "--config.M=2,20", "--config.num_prompts=500"]
 
 
@@ -31,7 +35,7 @@ def test_dynamics_outputs(runs):
     rows = _rows(wd)
     assert set(next(iter(rows.values()))) >= {"quantity", "expected", "measured", "rel_err", "source", "note", "verdict"}
     closed = rows["L* closed form vs d(d+1)/(2(N+d+1)) (Λ = I)"]
-    assert closed["expected"] == pytest.approx(5 * 6 / (2 * 26)) and closed["rel_err"] < 1e-12
+    assert closed["expected"] == pytest.approx(5 * 6 / (2 * 7)) and closed["rel_err"] < 1e-12   # d = 5, N = 1
     # GD on the exact population loss tracks the ODE within the Euler error (lr = 0.02)
     assert rows["GD on population loss: max_k |L_GD(k·lr) − L_ODE(k·lr)|"]["measured"] < 0.1
     # verdicts: the exact-theory rows are reproduced (closed form vs closed form; the ODE's invariant;
@@ -41,7 +45,7 @@ def test_dynamics_outputs(runs):
               "GD on population loss: max_k |L_GD(k·lr) − L_ODE(k·lr)|", "GD on population loss: L at t1 vs ODE"):
         assert rows[q]["verdict"] == "reproduced", rows[q]
     gd_max = rows["GD on population loss: max_k |L_GD(k·lr) − L_ODE(k·lr)|"]
-    assert 0.5 * gd_max["tol"] > 1e-3  # a real first-order error at lr = 0.02, not the float32 floor
+    assert 0.5 * gd_max["tol"] > 1e-3  # a real first-order error at lr = 0.02 (measured 0.0044), not the float32 floor
     assert rows["SGD-trained LSA: weight off the (u, U) subspace at t1"]["verdict"] == "informational"
     assert all(r["verdict"] == "informational" or (r["tol"] is not None and r["why"]) for r in rows.values())
     assert json.loads((wd / "run.json").read_text())["status"] == "done"

@@ -31,11 +31,6 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-import diffrax
-import optimistix as optx
-
-from ictl.theory.ode import dopri5_controller, solve_ode
-
 ArrayLike = Float[Array, "..."] | np.ndarray
 
 
@@ -200,6 +195,10 @@ def _trajectory(t, u, U, lam, N, flow=None) -> Trajectory:
 
 @partial(jax.jit, static_argnames=("N", "num_saves", "method", "rtol", "atol", "num_steps", "max_steps"))
 def _flow_solve(u0, U0, lam, t1, *, N, num_saves, method, rtol, atol, num_steps, max_steps):
+    # diffrax (and optimistix, equinox) is imported where an ODE is solved, at trace time, not with this
+    # module: ≈ 0.8 CPU-s of every `ictl` process that never solves one (a refused run, config.theory=false)
+    from ictl.theory.ode import solve_ode
+
     # t1 is traced: one compilation serves every horizon.
     return solve_ode(_flow_field(lam, N), (u0, U0), t1=t1, num_saves=num_saves, method=method, rtol=rtol,
                      atol=atol, num_steps=num_steps, max_steps=max_steps)
@@ -266,6 +265,11 @@ def converged_params(u0: float, U0: ArrayLike, Lam: ArrayLike, N: int) -> tuple[
 def _flow_until(u0, U0, lam, t_max, level, *, N, rtol, atol, max_steps):
     """Solves the flow until L(u, U) = level (a diffrax Event; its time by Newton on the dense
     output) or t_max: (stop time, whether the event fired, diffrax result)."""
+    import diffrax  # here, not with the module (see `_flow_solve`)
+    import optimistix as optx
+
+    from ictl.theory.ode import dopri5_controller
+
     def gap(t, y, args, **kwargs):
         return population_loss(y[0], y[1], lam, N) - level
 
