@@ -97,18 +97,25 @@ SHAPES = [(1, 1, 1, 16, 32, 16.0), (2, 3, 2, 32, 16, 1.0), (1, 63, 3, 16, 24, 16
           (1, 130, 1, 16, 256, 0.05)]
 
 
+# Interpreted Pallas (CPU) runs the shapes whose grid differs: T = 3 and 63 pad into one chunk
+# as T = 1 does (≈ 0.6 CPU-s of compiling each); compiled (ICTL_KERNELS_COMPILED=1) runs all.
+PALLAS_SHAPES = SHAPES if COMPILED else [s for s in SHAPES if s[1] not in (3, 63)]
+
+
+@pytest.mark.parametrize("impl,shape", [("xla", s) for s in SHAPES] + [("pallas", s) for s in PALLAS_SHAPES],
+                         ids=lambda x: x if isinstance(x, str) else "x".join(map(str, x[:5])))
+def test_forward_f32(impl, shape):
+    *dims, gate_div = shape
+    q, k, v, g, s0 = _inputs(1, *dims, gate_div=gate_div)
+    o, s = gla(q, k, v, g, initial_state=s0, implementation=impl)
+    o_r, s_r = gla_reference(q, k, v, g, initial_state=s0)
+    assert o.dtype == jnp.float32 and s.dtype == jnp.float32
+    assert_close_f32(o, o_r)
+    assert_close_f32(s, s_r)
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 class TestGLA:
-    @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[:5])))
-    def test_forward_f32(self, impl, shape):
-        *dims, gate_div = shape
-        q, k, v, g, s0 = _inputs(1, *dims, gate_div=gate_div)
-        o, s = gla(q, k, v, g, initial_state=s0, implementation=impl)
-        o_r, s_r = gla_reference(q, k, v, g, initial_state=s0)
-        assert o.dtype == jnp.float32 and s.dtype == jnp.float32
-        assert_close_f32(o, o_r)
-        assert_close_f32(s, s_r)
-
     def test_forward_bf16(self, impl):
         q, k, v, g, s0 = _inputs(2, 2, 65, 2, 32, 48, dtype=jnp.bfloat16)
         o, s = gla(q, k, v, g, initial_state=s0, implementation=impl)
