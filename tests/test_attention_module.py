@@ -60,8 +60,12 @@ def test_shapes_dtypes_and_bitwise_determinism(backend):
 
 def test_bf16_compute_keeps_float32_params(x64):
     model = Attention(num_heads=H, backend="moba", dtype=jnp.bfloat16, **OPTS)
-    params = jax.jit(model.init)(jax.random.key(0), _x())
-    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))  # x64 is on here
+    # dtypes by abstract evaluation (what tracing gives is what running gives; compiling the
+    # initialisers once more under x64 cost ≈ 1 CPU-s), then N(0, 0.5²) weights of those dtypes
+    shapes = jax.eval_shape(model.init, jax.random.key(0), _x())
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(shapes))  # x64 is on here
+    draw = np.random.default_rng(0).normal
+    params = jax.tree.map(lambda s: jnp.asarray(0.5 * draw(size=s.shape), s.dtype), shapes)
     y = jax.jit(model.apply)(params, _x().astype(jnp.bfloat16))
     assert y.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(y.astype(jnp.float32))))
 

@@ -23,8 +23,9 @@ B, H, K, V = 1, 2, 16, 32  # V ≠ K catches layout mix-ups
 # block-structured cases); interpreted runs keep blocks of 8.
 BS = 16 if not INTERPRET else 8
 
-# (T, block_size, top_k, threshold): sparse, padded (65 = 8·8 + 1), long, VMoBA threshold.
-CASES = [(8 * BS, BS, 3, None), (8 * BS + 1, BS, 3, None), (1000, BS, 4, None), (8 * BS, BS, 6, 0.4)]
+# (T, block_size, top_k, threshold): sparse, padded (65 = 8·8 + 1), long, VMoBA threshold. Long is
+# T = 500 (62·8 + 4: 63 blocks, 4 kept, ragged); 1000 doubled the run time for the same programs.
+CASES = [(8 * BS, BS, 3, None), (8 * BS + 1, BS, 3, None), (500, BS, 4, None), (8 * BS, BS, 6, 0.4)]
 
 
 def _qkv(seed, T, dtype=jnp.float32):
@@ -35,16 +36,36 @@ def _qkv(seed, T, dtype=jnp.float32):
     return q.astype(dtype), k.astype(dtype), v.astype(dtype)
 
 
-def _run(impl, q, k, v, **kw):
-    """Jitted call (one compile instead of hundreds of eager op dispatches)."""
+@functools.cache
+def _fn(impl, **kw):
+    """One jitted function per (implementation, options), kept for the module: a fresh
+    jax.jit(partial(...)) per call retraced and recompiled the same program in every test
+    (the reference once per implementation compared against it)."""
     if impl == "reference":
-        return jax.jit(functools.partial(moba_attention_reference, **kw))(q, k, v)
-    return jax.jit(functools.partial(moba_attention, implementation=impl, interpret=INTERPRET, **kw))(q, k, v)
+        return jax.jit(functools.partial(moba_attention_reference, **kw))
+    return jax.jit(functools.partial(moba_attention, implementation=impl, interpret=INTERPRET, **kw))
 
 
-def _vjp(impl, q, k, v, ct, **kw):
+@functools.cache
+def _vjp_fn(impl, **kw):
+    f = _fn(impl, **kw)
+    return jax.jit(lambda q, k, v, ct: jax.vjp(f, q, k, v)[1](ct))
+
+
+def _run(impl, q, k, v, *, threshold=None, **kw):
+    """Jitted call (one compile instead of hundreds of eager op dispatches). threshold=None is
+    spelled out so that calls with and without it share the program."""
+    return _fn(impl, threshold=threshold, **kw)(q, k, v)
+
+
+def _vjp(impl, q, k, v, ct, *, threshold=None, **kw):
     """(dq, dk, dv) = vjp of the implementation at (q, k, v) against the cotangent ct."""
-    return jax.jit(lambda *a: jax.vjp(lambda *x: _run(impl, *x, **kw), *a[:3])[1](a[3]))(q, k, v, ct)
+    return _vjp_fn(impl, threshold=threshold, **kw)(q, k, v, ct)
+
+
+def _maxdiff(a, b):
+    """max|a − b| in numpy (eager jnp ops would compile a small program per shape)."""
+    return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
 
 
 def _dense_causal(q, k, v):
@@ -54,15 +75,18 @@ def _dense_causal(q, k, v):
     return jnp.einsum("bhts,bshv->bthv", jax.nn.softmax(s, axis=-1), v, precision="highest")
 
 
+# CASES[0] (T = 8 blocks, no threshold) is left out here: the unpadded T = 8 blocks is CASES[3] (with a
+# threshold), CASES[0]'s configuration is compared with the reference in bf16 (test_bf16_relative_rmse) and
+# T = 8 blocks at top_k = #blocks and 2 with dense attention (test_all_blocks_is_dense_causal_...).
 @pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("T,bs,top_k,tau", CASES)
+@pytest.mark.parametrize("T,bs,top_k,tau", CASES[1:])
 def test_forward_matches_reference_f32(impl, T, bs, top_k, tau):
     q, k, v = _qkv(0, T)
     kw = dict(block_size=bs, top_k=top_k, threshold=tau)
     out = _run(impl, q, k, v, **kw)
     ref = _run("reference", q, k, v, **kw)
     assert out.shape == (B, T, H, V) and out.dtype == jnp.float32
-    assert float(jnp.max(jnp.abs(out - ref))) <= 1e-5
+    assert _maxdiff(out, ref) <= 1e-5
 
 
 # The pallas backward is the xla vjp by construction (custom_vjp), so it gets one case.
@@ -74,7 +98,7 @@ def test_gradients_match_reference_vjp(impl, T, bs, top_k, tau):
     kw = dict(block_size=bs, top_k=top_k, threshold=tau)
     for got, want in zip(_vjp(impl, q, k, v, ct, **kw), _vjp("reference", q, k, v, ct, **kw)):
         # rtol 1e-4 elementwise, plus an atol of 1e-5·max|grad| for entries that cancel to ≈ 0.
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(want))))
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(np.asarray(want)).max())
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -84,8 +108,9 @@ def test_bf16_relative_rmse(impl):
     ref = _run("reference", q.astype(jnp.float32), k.astype(jnp.float32), v.astype(jnp.float32),
                block_size=BS, top_k=3)
     assert out.dtype == jnp.bfloat16
-    err = jnp.sqrt(jnp.mean(jnp.square(out.astype(jnp.float32) - ref)) / jnp.mean(jnp.square(ref)))
-    assert float(err) <= 5e-3
+    out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)   # numpy: no eager programs to compile
+    err = np.sqrt(np.mean(np.square(out - ref)) / np.mean(np.square(ref)))
+    assert err <= 5e-3
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -93,11 +118,11 @@ def test_all_blocks_is_dense_causal_and_few_blocks_is_not(impl):
     q, k, v = _qkv(4, 8 * BS)
     dense = jax.jit(_dense_causal)(q, k, v)
     full = _run(impl, q, k, v, block_size=2 * BS, top_k=4)  # 4 blocks, top_k = #blocks
-    assert float(jnp.max(jnp.abs(full - dense))) <= 1e-5
+    assert _maxdiff(full, dense) <= 1e-5
     sparse = _run(impl, q, k, v, block_size=BS, top_k=2)  # 8 blocks, 2 kept
-    assert float(jnp.max(jnp.abs(sparse - dense))) > 0.1
+    assert _maxdiff(sparse, dense) > 0.1
     # The first two blocks see at most own + one past block: identical to dense there.
-    assert float(jnp.max(jnp.abs(sparse[:, :2 * BS] - dense[:, :2 * BS]))) <= 1e-5
+    assert _maxdiff(np.asarray(sparse)[:, :2 * BS], np.asarray(dense)[:, :2 * BS]) <= 1e-5
 
 
 def _mask_from_selection(idx, valid, n):
@@ -107,7 +132,7 @@ def _mask_from_selection(idx, valid, n):
 @pytest.mark.parametrize("tau", [None, 0.4])
 def test_block_selection_matches_rank_reference(tau):
     # The kernels' top_k/cumsum selection equals the reference's rank-counting definition.
-    T, bs, top_k = 1000, 8, 5
+    T, bs, top_k = 500, 8, 5
     q, k, _ = _qkv(5, T)
 
     @jax.jit
@@ -116,12 +141,13 @@ def test_block_selection_matches_rank_reference(tau):
         idx, valid = moba._select_blocks(moba._block_gate(qp, kp, T, bs), top_k, tau, bs)
         return _mask_from_selection(idx, valid, -(-T // bs))[:, :, :T]
 
-    got = kernel_mask(q, k)
-    want = jax.jit(functools.partial(moba_selection_reference, block_size=bs, top_k=top_k, threshold=tau))(q, k)
-    assert bool(jnp.all(got == want))
+    got = np.asarray(kernel_mask(q, k))
+    select = functools.partial(moba_selection_reference, block_size=bs, top_k=top_k, threshold=tau)
+    want = np.asarray(jax.jit(select)(q, k))
+    assert np.all(got == want)
     counts = want.sum(-1)[:, :, 8 * bs:]  # queries with ≥ 8 past blocks
     if tau is None:
-        assert bool(jnp.all(counts == top_k))
+        assert np.all(counts == top_k)
     else:  # the threshold prunes below the cap for some queries, never above it
         assert int(counts.min()) < top_k and int(counts.max()) <= top_k and int(counts.min()) >= 2
 
@@ -133,7 +159,7 @@ def test_tiny_threshold_keeps_best_past_block_only(impl):
     q, k, v = _qkv(6, 8 * BS)
     a = _run(impl, q, k, v, block_size=BS, top_k=8, threshold=0.01)
     b = _run(impl, q, k, v, block_size=BS, top_k=2)
-    assert float(jnp.max(jnp.abs(a - b))) <= 1e-6
+    assert _maxdiff(a, b) <= 1e-6
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -162,7 +188,7 @@ def test_sparse_layout_holds_each_pair_once_with_bounded_work(tau):
     # tile holds queries of its own key block only, and the used tiles cover
     # ≤ #pairs + #blocks·(tile − 1) slots (each block's group padded by < one tile):
     # work O(T·top_k·block_size), not O(T²).
-    T, bs, top_k, tile = 1000, 8, 4, 4
+    T, bs, top_k, tile = 500, 8, 4, 4
     q, k, _ = _qkv(12, T)
 
     @jax.jit
@@ -194,7 +220,7 @@ def test_pallas_sub_tiles_match_reference():
     q, k, v = _qkv(11, 130)
     out = jax.jit(lambda *a: moba._moba_pallas_forward(*a, 32, 2, None, 0.25, True, tile=8))(q, k, v)
     ref = _run("reference", q, k, v, block_size=32, top_k=2)
-    assert float(jnp.max(jnp.abs(out - ref))) <= 1e-5
+    assert _maxdiff(out, ref) <= 1e-5
 
 
 def test_compiled_pallas_lowers_to_triton_for_cuda():
