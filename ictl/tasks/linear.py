@@ -81,8 +81,10 @@ def sample_linear_prompts(
         w_Bxd = jnp.broadcast_to(jnp.asarray(w, dtype), (batch, d))
     y_ctx = jnp.einsum("bnd,bd->bn", x_ctx, w_Bxd)
     y_q = jnp.einsum("bqd,bd->bq", x_q, w_Bxd)
-    # noiseless (a concrete 0): no draw; adding 0·ε changed no bit but cost a normal draw per sample and
-    # its compile (tests/test_sampler.py checks the bits against the drawn form)
+    # noiseless (a concrete 0): no draw. The labels keep their bits (tests/test_sampler.py: x·w + 0·ε) and a
+    # normal draw per sample and its compile are saved; inside a larger jitted program XLA may fuse the
+    # einsum differently without the add, so a model trained through it can move at float rounding
+    # (order_sensitivity's LSA spread 6.49e-8 → 6.01e-8; the other quick experiments' rows kept every bit)
     if not (isinstance(noise_std, (int, float)) and noise_std == 0):
         eps = noise_std * rng.normal(k_e, (batch, n_ctx + n_query), dtype)
         y_ctx, y_q = y_ctx + eps[:, :n_ctx], y_q + eps[:, n_ctx:]
