@@ -37,7 +37,6 @@ limiting relative error; ≥ 0 by Cauchy–Schwarz), our reading of the paper's 
 from __future__ import annotations
 
 import functools
-
 from typing import NamedTuple
 
 import jax
