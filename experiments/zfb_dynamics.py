@@ -4,7 +4,8 @@ The LSA trained from the paper's initialisation on fresh prompts (SGD) and by gr
 on the exact population loss, beside the gradient-flow ODE of (u, U) solved in float64, the
 minimum L* and ‖uU − Γ⁻¹‖/‖Γ⁻¹‖ over time t = lr · step.
 
-Command: `ictl run zfb_dynamics` (`--config.scale=paper` for the long, large-batch run).
+Command: `ictl run zfb_dynamics` (`--config.scale=paper` for the long, large-batch run;
+`--config.theory=false`: the two trainings and their SGD rows only).
 Runtime: ≈ 30 s quick on 2 CPU cores.
 Expected: L* = d(d+1)/(2(N+d+1)) = 0.576923 for d = 5, N = 20, Λ = I; the trained population
 loss within 2% of it; GD on the population loss on top of the ODE (O(lr) apart); uU → Γ⁻¹.
