@@ -160,7 +160,7 @@ def fit(
         run_steps = jax.jit(_multi_step_of(step_fn), in_shardings=(rep, rep), out_shardings=(rep, rep),
                             donate_argnums=0)
         if multi:  # every process compiled before any enters the step's first collective
-            run_steps = run_steps.lower(state, (key, jnp.int32(start), jnp.int32(1))).compile()
+            run_steps = run_steps.lower(state, (key, np.int32(start), np.int32(1))).compile()
             barrier(f"{desc} step compiled")
 
     def log(step: int, record: dict) -> None:
@@ -188,8 +188,9 @@ def fit(
             log(0, do_eval(0))
         while step < num_steps:
             n = min(steps_per_call - step % steps_per_call, num_steps - step)  # realigns a resume at step % K != 0
+            # numpy scalars: jnp.int32(...) is an eager jax op, ≈ 0.17 ms CPU each, twice per call (measured)
             with jax.set_mesh(mesh):
-                new_state, (metrics, bad, bad_metrics) = run_steps(state, (key, jnp.int32(step), jnp.int32(n)))
+                new_state, (metrics, bad, bad_metrics) = run_steps(state, (key, np.int32(step), np.int32(n)))
             done = step + n
             stopping = vote.cast(stop["sigterm"])
             if done == num_steps and not stopping:
