@@ -57,11 +57,24 @@ def test_cli_bad_input_exit_2_nothing_written(tmp_path, capsys, args, needle):
     assert not wd.exists()
 
 
+def _untrained_params(cfg):
+    """`init_params`' tree (traced, not compiled: its XLA compile cost 4 of this test's 4.4 CPU-s) with
+    N(0, 0.3²) numpy leaves and the read-out zero, as `init_params` makes it: what makes an untrained DT
+    return its prior (tests/test_distribution_transformer.py checks that of `init_params` itself)."""
+    shapes = jax.eval_shape(lambda k: init_params(cfg, k, K=2), jax.random.key(0))
+    rng = np.random.default_rng(0)
+
+    def leaf(path, s):
+        read_out = any(getattr(p, "key", None) == "read_out" for p in path)
+        return jnp.zeros(s.shape, s.dtype) if read_out else jnp.asarray(0.3 * rng.standard_normal(s.shape), s.dtype)
+    return jax.tree_util.tree_map_with_path(leaf, shapes)
+
+
 def test_untrained_dt_filter_is_open_loop_prediction():
     """The untrained DT returns its prior, so the fed-back filter only predicts:
     μ_t = a^t μ_0 and v_t = a²v_{t−1} + q, exactly what `gmm_predict` gives step by step."""
     cfg = DTConfig(d=1, obs_dims=(1, 1), width=8, n_layers=1, n_heads=2, mlp_hidden=16, scale=4.0)
-    params = jax.jit(lambda k: init_params(cfg, k, K=2))(jax.random.key(0))  # one (cached) compile, not op by op
+    params = _untrained_params(cfg)
     prior0 = GMM(jnp.log(jnp.array([[0.3, 0.7]])), jnp.array([[[-1.0], [2.0]]]), jnp.array([[[[0.5]], [[1.5]]]]))
     post = dt_filter.make_dt_filter(DistributionTransformer(cfg).apply, 0.95, 1.0)(params, prior0, jnp.ones((1, 5, 2)))
     w, mu, cov = np.array([0.3, 0.7]), np.array([[-1.0], [2.0]]), np.array([[[0.25]], [[2.25]]])
