@@ -64,8 +64,10 @@ def test_pfn_gp_hyperprior_end_to_end(tmp_path, monkeypatch):
     from ictl.theory import gp
 
     c = _tiny(pfn_gp_hyperprior.get_config("quick"))
-    c.n_max, c.eval_datasets, c.nuts_datasets, c.nuts_warmup, c.nuts_samples = 11, 16, 4, 5, 7
-    c.nuts_n, c.timing_n, c.ml2_restarts, c.ml2_steps, c.ml2_datasets, c.ml2_n = (2, 3), 3, 2, 10, 8, (1, 2, 3)
+    # 16 datasets for the PFN, ML-II (16) and the NUTS mixture (4 datasets × 4 draws): one compiled exact
+    # predictive (`gp._predict_batch`) for all three instead of three
+    c.n_max, c.eval_datasets, c.nuts_datasets, c.nuts_warmup, c.nuts_samples = 11, 16, 4, 5, 4
+    c.nuts_n, c.timing_n, c.ml2_restarts, c.ml2_steps, c.ml2_datasets, c.ml2_n = (2, 3), 3, 2, 10, 16, (1, 2, 3)
     calls = []
     monkeypatch.setattr(gp, "nuts_samples", _prior_draws_for_nuts(calls))
     rows = pfn_gp_hyperprior.run(c, tmp_path)
