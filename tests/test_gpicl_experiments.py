@@ -43,10 +43,9 @@ def figures(monkeypatch):
 def toy(module, data_dir, **kw):
     c = module.get_config("quick")
     c.data_dir, c.download = data_dir, False
-    # sequences of 6 (was 12): smaller programs to compile, 36.0 → 33.8 CPU-s for the file (side by side)
-    c.seq_len, c.d_proj, c.width, c.n_heads, c.n_layers = 6, 8, 8, 2, 1
+    c.seq_len, c.d_proj, c.width, c.n_heads, c.n_layers = 12, 8, 8, 2, 1
     c.batch, c.train_steps, c.warmup, c.log_every, c.ckpt_every = 8, 4, 0, 2, 4
-    c.eval_prompts, c.baseline_positions, c.gd_steps = 16, "0,1,3,5", 5
+    c.eval_prompts, c.baseline_positions, c.gd_steps = 16, "0,1,5,11", 5
     for k, v in kw.items():
         c[k] = v
     return c
@@ -63,9 +62,9 @@ def test_transition_end_to_end(data_dir, tmp_path, figures):
     assert (tmp_path / "gpicl_transition.png").exists() and (tmp_path / "tasks_2^0" / "seed_0" / "ckpt").exists()
     s0, sf = res["sweep"]
     assert s0["seeds"] == [0] and len(s0["unseen_last"]) == 1 and sf["seen_last"] is None
-    assert len(res["curves"]["2^0"]["seen"]["acc"]) == 6 and res["curves"]["fresh"]["seen"] is None
-    assert len(res["curves"]["2^0"]["unseen"]["acc"]) == 6
-    assert res["baselines"]["logistic regression (GD on the prefix)"]["positions"] == [0, 1, 3, 5]
+    assert len(res["curves"]["2^0"]["seen"]["acc"]) == 12 and res["curves"]["fresh"]["seen"] is None
+    assert len(res["curves"]["2^0"]["unseen"]["acc"]) == 12
+    assert res["baselines"]["logistic regression (GD on the prefix)"]["positions"] == [0, 1, 5, 11]
     assert all(r["verdict"] in ("reproduced", "not reproduced", "informational") for r in rows)
     assert rows[0]["claim"] == "at_most" and rows[0]["tol"] > 0 and rows[0]["why"]
     left, right = figures["gpicl_transition"].axes
@@ -109,12 +108,12 @@ def test_plateau_state_transfer_end_to_end(data_dir, tmp_path, figures):
     gpicl_state.run(c, tmp_path / "state")
     res = json.loads((tmp_path / "state" / "results.json").read_text())
     m = res["models"]
-    assert len(res["seen_curves"]["matrix"]["acc"]) == 6 and 0 <= m["matrix"]["seen_last"] <= 1   # pool of 2^0 tasks
+    assert len(res["seen_curves"]["matrix"]["acc"]) == 12 and 0 <= m["matrix"]["seen_last"] <= 1   # pool of 2^0 tasks
     n = m["transformer"]["params"]
     assert abs(m["matrix"]["params"] - n) / n < 0.2                                 # matched parameter counts
-    # state: KV cache 2·D·layers·L = 2·8·1·6 = 96 floats; matrix H·K² + D = 2·(w/2)² + w at its width w
+    # state: KV cache 2·D·layers·L = 2·8·1·12 = 192 floats; matrix H·K² + D = 2·(w/2)² + w at its width w
     w = m["matrix"]["width"]
-    assert m["transformer"]["state_floats"] == 96 and m["matrix"]["state_floats"] == 2 * (w // 2) ** 2 + w
+    assert m["transformer"]["state_floats"] == 192 and m["matrix"]["state_floats"] == 2 * (w // 2) ** 2 + w
     assert gpicl_state.state_floats(c, "lstm", w) == 2 * w < m["matrix"]["state_floats"]
     c = toy(gpicl_transfer, data_dir, test_sets="iris")
     rows = gpicl_transfer.run(c, tmp_path / "transfer")
