@@ -70,17 +70,21 @@ def test_run_end_to_end(tmp_path):
 
 
 def test_dynamics_baselines_and_targets_closed_forms():
-    d, n, B = 3, 8, 4000
+    # d = 2, 5 points, 256 prompts: test_run_end_to_end's evaluation shapes (and n_boot below), so the
+    # eager sampler, least squares and bootstrap programs are already compiled (2.15 → 0.1 CPU-s)
+    d, n, B = 2, 5, 256
     p = sq.sample_linear_dynamics(jax.random.key(0), batch=B, n_points=n, d=d)
     pr = si.dynamics_predictions(None, p.x, p.y)
     x, y = np.asarray(p.x, np.float64), np.asarray(p.y, np.float64)
     nu_BxN = np.sum(y**2, axis=-1)
     err = {m: np.sum((v - y) ** 2, axis=-1) for m, v in pr.items()}
     # least squares on the k transitions seen: exact from k = d. Per prompt the float64 round-off is
-    # ≈ eps·cond² of the transition matrix (the states align with W's top eigenvector): measured max 1.3e-12
-    # over these 4000 prompts, mean ≈ 1e-16; an error in the prefix mask would give O(1)
+    # ≈ eps·cond² of the transition matrix (the states align with W's top eigenvector): measured max 1.3e-13
+    # over these 256 prompts (1.3e-12 over 4000 at d = 3); an error in the prefix mask would give O(1)
     assert np.max(err["transition least squares"][:, d:] / nu_BxN[:, d:]) < 1e-8
-    assert np.mean(err["transition least squares"][:, 1]) > 0.3 * np.mean(nu_BxN[:, 1])  # k = 1 < d: not exact
+    # k = 1 < d: not exact (a leak of later transitions would make it ≈ 0). Measured 0.43 ± 0.044 (bootstrap
+    # SE) here; the bound was 0.3 at d = 3, 4000 prompts (measured 0.58): 0.25 keeps 4 SE
+    assert np.mean(err["transition least squares"][:, 1]) > 0.25 * np.mean(nu_BxN[:, 1])
     # copy-last: E‖x_{k+1} − x_k‖² = E‖x_{k+1}‖² + E‖x_k‖² − 2 E x_kᵀ W x_k, and the last term is 0 (the law of
     # W is symmetric under W → −W and x_kᵀ W x_k has odd degree in W). With a target shifted by one step
     # (y_k = x_k) the copy error would be 0; with y_k = x_{k+2} the cross term E x_kᵀ W² x_k would not vanish.
@@ -92,7 +96,7 @@ def test_dynamics_baselines_and_targets_closed_forms():
     assert abs(prev_BxN[:, 0].mean() - d) < 4 * np.sqrt(2 * d / B)                # E‖x_1‖² = d, Var 2d
     # the curve helper returns the mean of the per-prompt errors / ν_k
     nu_N = nu_BxN.mean(0)
-    cur = si.vector_curve(pr["copy last state x̂ = x_t"], p.y, norm_N=nu_N, key=jax.random.key(1), n_boot=20)
+    cur = si.vector_curve(pr["copy last state x̂ = x_t"], p.y, norm_N=nu_N, key=jax.random.key(1), n_boot=50)
     np.testing.assert_allclose(cur.mean, err["copy last state x̂ = x_t"].mean(0) / nu_N, rtol=1e-5)
     assert np.all(cur.lo <= cur.mean) and np.all(cur.mean <= cur.hi)
 
