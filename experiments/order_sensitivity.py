@@ -95,11 +95,17 @@ def gd_predict(x_BxKxd, y_BxK, xq_Bxd, *, eta: float, steps: int):
     return jnp.einsum("bd,bd->b", xq_Bxd, w_Bxd)
 
 
-def transformer_predict(apply, x_BxKxd, y_BxK, xq_Bxd):
-    """The causal model's output at the query token placed after the K examples."""
-    x = jnp.concatenate([x_BxKxd, xq_Bxd[:, None]], axis=1)
-    y = jnp.concatenate([y_BxK, jnp.zeros_like(y_BxK[:, :1])], axis=1)
-    return fc.predictions_at_x(apply(fc.interleave(x, y)))[:, -1]
+def transformer_predict(apply, x_BxKxd, y_BxK, xq_Bxd, *, n_points: int):
+    """The causal model's output at the query token placed after the K examples.
+
+    The prompt is padded with zero points after the query to ``n_points`` points: causal attention keeps
+    the query's output independent of later tokens, and every K then runs one compiled forward (one
+    program instead of one per K, ≈ 1.7 CPU-s each)."""
+    B, K, d = x_BxKxd.shape
+    pad = n_points - K - 1
+    x = jnp.concatenate([x_BxKxd, xq_Bxd[:, None], jnp.zeros((B, pad, d), x_BxKxd.dtype)], axis=1)
+    y = jnp.concatenate([y_BxK, jnp.zeros((B, pad + 1), y_BxK.dtype)], axis=1)
+    return fc.predictions_at_x(apply(fc.interleave(x, y)))[:, K]
 
 
 def lsa_predict(model, params, x_BxKxd, y_BxK, xq_Bxd):
@@ -161,7 +167,7 @@ def run(config, workdir: pathlib.Path) -> list[dict]:
     xq, yq = p.x[:, N], p.y[:, N]
     gpt_apply = functools.partial(jax.jit(gpt.apply), gpt_params)
     learners = {
-        "transformer (float32)": lambda x, y, q: transformer_predict(gpt_apply, x, y, q),
+        "transformer (float32)": lambda x, y, q: transformer_predict(gpt_apply, x, y, q, n_points=N + 1),
         "GD (float32)": jax.jit(functools.partial(gd_predict, eta=config.gd_eta, steps=config.gd_steps)),
         "LSA (float32)": jax.jit(functools.partial(lsa_predict, lsa, lsa_params)),
     }

@@ -62,8 +62,12 @@ def test_causal_transformer_is_order_sensitive():
                           jax.eval_shape(lambda: init_params(cfg, jax.random.key(5))))
     apply = functools.partial(jax.jit(model.apply), params)
     x, y, xq = _prompts(jax.random.key(6), 64, 7, 3)
-    f = functools.partial(osx.transformer_predict, apply)
+    f = functools.partial(osx.transformer_predict, apply, n_points=8)   # K = 7 examples + the query: no padding
     s = osx.permutation_spread(f, x, y, xq, n_perms=8, key=jax.random.key(7))
+    # zero points padded after the query leave its causal output unchanged (one forward shape for every K)
+    short = osx.transformer_predict(apply, x[:, :5], y[:, :5], xq, n_points=6)
+    np.testing.assert_allclose(osx.transformer_predict(apply, x[:, :5], y[:, :5], xq, n_points=8), short,
+                               rtol=1e-5, atol=1e-6)
     rms = float(jnp.sqrt(jnp.mean(f(x, y, xq) ** 2)))
     # far above float32 rounding (≈ 1e-7 · rms): positions and causal softmax see the order (measured
     # 3.7e-2 · rms with these weights)
