@@ -37,9 +37,14 @@ def test_paper_init_is_one_gd_step_on_ols(x64):
     d, T, a, b = 3, 9, 0.5, 0.75  # exact in float32, so c = ab = 0.375 exactly
     x = _seqs(1, batch=2, length=T, d=d, dist="gaussian").x
     model = CausalLSA(d=d, a0=a, b0=b)
-    params = model.init(jax.random.key(0), x)
+
+    @jax.jit  # one program: eagerly, every op of init, apply and the reference compiles on its own
+    def init_apply(x):
+        params = model.init(jax.random.key(0), x)
+        return params, model.apply(params, x), one_step_gd_reference(x, a * b)
+
+    params, yhat, reference = init_apply(x)
     assert params["params"]["w_kq"].dtype == jnp.float32  # x64 does not change the param dtype
-    yhat = model.apply(params, x)
 
     def ols(uv, xb, t):
         """½ Σ_{i=2}^{t} ‖x_i − Ŵ x_{i−1}‖², Ŵ = U + iV; steepest descent on the real pair (U, V)."""
@@ -53,7 +58,7 @@ def test_paper_init_is_one_gd_step_on_ols(x64):
     w1_BxTxdxd = -(a * b / (ts - 1.0))[None, :, None, None] * (g[:, :, 0] + 1j * g[:, :, 1])
     want = jnp.einsum("btfe,bte->btf", w1_BxTxdxd, x[:, 1:])  # Ŵ_1 x_t at t = 2 … T
     np.testing.assert_allclose(yhat[:, 1:], want, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(yhat, one_step_gd_reference(x, a * b), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(yhat, reference, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(yhat[:, 0], 0.0, atol=0)
 
 
@@ -62,16 +67,21 @@ def test_position_error_matches_mc(x64, dist):
     """E|ŷ_{t+1,j} − x_{t+1,j}|² = c²(m6 + (d−1)m2m4/(t−1)) − 2cm4 + m2, within 4 MC SE at each t."""
     d, T, c, n = 3, 12, 0.4, 20_000
     m = x1_moments(dist)
-    x = _seqs(2, batch=n, length=T, d=d, dist=dist).x
-    err_BxS = jnp.mean(jnp.abs(one_step_gd_reference(x, c)[:, 1:-1] - x[:, 2:]) ** 2, axis=-1)
-    mean, se = np.asarray(err_BxS.mean(0)), np.asarray(err_BxS.std(0)) / np.sqrt(n)
+
+    @jax.jit  # one program (eagerly, each op of the sampler and the reference compiles on its own)
+    def sq_err():
+        x = _seqs(2, batch=n, length=T, d=d, dist=dist).x
+        return jnp.mean(jnp.abs(one_step_gd_reference(x, c)[:, 1:-1] - x[:, 2:]) ** 2, axis=-1)
+
+    err_BxS = np.asarray(sq_err())
+    mean, se = err_BxS.mean(0), err_BxS.std(0) / np.sqrt(n)
     want = np.asarray(zheng.position_error(c, np.arange(2, T), moments=m, d=d))
     assert np.all(np.abs(mean - want) <= 4 * se), (mean, want, se)
     # the training loss is the mean over positions of d/2 times it
     loss = 0.5 * d * mean.mean()
     np.testing.assert_allclose(float(zheng.population_loss(c, moments=m, d=d, length=T)), 0.5 * d * want.mean(),
                                rtol=1e-12)
-    assert abs(loss - 0.5 * d * want.mean()) <= 4 * 0.5 * d * np.asarray(jnp.mean(err_BxS, 1).std()) / np.sqrt(n)
+    assert abs(loss - 0.5 * d * want.mean()) <= 4 * 0.5 * d * err_BxS.mean(1).std() / np.sqrt(n)
 
 
 def _grad_batches(dist, *, d, T, a, b, k, batch):
