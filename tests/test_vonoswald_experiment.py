@@ -106,7 +106,9 @@ def test_sine_prompts_match_their_law():
 
     from ictl.tasks.sine import sample_sine_prompts
 
-    p = sample_sine_prompts(jax.random.key(0), batch=20000, n_ctx=5, n_query=2)
+    # one jitted sampler, then numpy (eagerly every op of the sampler and of each check compiles on its own)
+    sample = jax.jit(lambda key: sample_sine_prompts(key, batch=20000, n_ctx=5, n_query=2))
+    p = jax.tree.map(np.asarray, sample(jax.random.key(0)))
     assert p.x_ctx.shape == (20000, 5, 1) and p.y_q.shape == (20000, 2)
     assert float(p.x_ctx.min()) >= -5 and float(p.x_ctx.max()) <= 5
     assert 0.1 <= float(p.amp.min()) and float(p.amp.max()) <= 0.5
