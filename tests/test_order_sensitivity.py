@@ -11,6 +11,7 @@ from experiments import order_sensitivity as osx
 from ictl import lsa_training
 from ictl.config import ConfigError
 from models.gpt import GPT, GPTConfig, init_params
+from models.lsa import LSA
 
 
 # Prompts of test_run_end_to_end's shape (eval_prompts 16, K = 4, d = 3): permutation_spread, the GD
@@ -26,9 +27,18 @@ def _prompts(key, B, K, d, dtype=jnp.float32):
     return x, jnp.einsum("bkd,bd->bk", x, w), jax.random.normal(kq, (B, d), dtype)
 
 
+@jax.jit
+def _lsa_random_params(key):
+    """The LSA's random init: every entry of W^PV and W^KQ non-zero (a stronger check than the paper's
+    init); one program (eagerly each op of the initialisers compiles on its own)."""
+    return lsa_training.init_params(key, d=D, init_scheme="random", sigma=0.5)[1]
+
+
+LSA_RANDOM = LSA(d=D, init_scheme="random", sigma=0.5)   # the module lsa_training.init_params builds
+
+
 def test_lsa_is_exactly_permutation_invariant_in_float64(x64):
-    # random init: every entry of W^PV and W^KQ non-zero (a stronger check than the paper's init)
-    model, params = lsa_training.init_params(jax.random.key(0), d=3, init_scheme="random", sigma=0.5)
+    model, params = LSA_RANDOM, _lsa_random_params(jax.random.key(0))
     x, y, xq = _prompts(jax.random.key(1), B, K, D, jnp.float64)
     f = functools.partial(osx.lsa_predict, model, params)
     s = osx.permutation_spread(f, x, y, xq, n_perms=8, key=jax.random.key(2))
@@ -37,7 +47,7 @@ def test_lsa_is_exactly_permutation_invariant_in_float64(x64):
 
 
 def test_lsa_float32_spread_within_rounding_bound():
-    model, params = lsa_training.init_params(jax.random.key(0), d=3, init_scheme="random", sigma=0.5)
+    model, params = LSA_RANDOM, _lsa_random_params(jax.random.key(0))
     x, y, xq = _prompts(jax.random.key(1), B, K, D)
     s = osx.permutation_spread(jax.jit(functools.partial(osx.lsa_predict, model, params)), x, y, xq, n_perms=8,
                                key=jax.random.key(2))
