@@ -89,7 +89,7 @@ def _errors(err: str) -> list[str]:
 @jax.jit
 def _lsa_params(key):
     """zfb_dynamics' LSA parameters (the restore target's structure) as one program: eagerly each op of
-    flax's init compiles on its own (≈ 2 CPU-s)."""
+    flax's init compiles on its own (this process's compiling 1.0 → 0.5 s, measured side by side)."""
     return lt.init_params(key, d=5, init_scheme="paper", sigma=0.1)[1]
 
 
