@@ -77,12 +77,15 @@ def test_population_loss_matches_monte_carlo_of_the_model(x64):
     u, U = reduced_params(params)
     exact = float(jax.jit(zfb.population_loss, static_argnums=3)(u, U, jnp.asarray(lam), n))
 
-    @jax.jit  # one program: eagerly, each op on the 400k prompts compiles (and materialises) on its own
+    # 100k prompts: running (not compiling) dominates, 400k took ≈ 3.3 CPU-s vs 1.0 (unoptimised float64 code);
+    # measured 0.33 SE off (0.02 SE at 400k); 4 SE is 3% of the loss (1.5% at 400k), a wrong N-dependence such as
+    # (N + 1)/N is 14%
+    @jax.jit  # one program: eagerly, each op on the 100k prompts compiles (and materialises) on its own
     def sq_loss(params, key):
-        p = sample_linear_prompts(key, batch=400_000, n_ctx=n, d=d, cov=lam, dtype=jnp.float64)
+        p = sample_linear_prompts(key, batch=100_000, n_ctx=n, d=d, cov=lam, dtype=jnp.float64)
         return 0.5 * (model.apply(params, p.x_ctx, p.y_ctx, p.x_q)[:, 0] - p.y_q[:, 0]) ** 2
 
-    sq = np.asarray(sq_loss(params, jax.random.key(5, impl="rbg")))  # RBG: threefry (unoptimised) ran 8 s here; measured 0.02 SE off
+    sq = np.asarray(sq_loss(params, jax.random.key(5, impl="rbg")))  # RBG: threefry (unoptimised) ran 8 s at 400k
     se = sq.std() / np.sqrt(sq.size)
     assert abs(sq.mean() - exact) < 4 * se, (sq.mean(), exact, se)
 
@@ -131,8 +134,12 @@ def test_trained_lsa_reaches_min_loss_and_gamma_inverse(trained, tmp_path):
     assert np.all(rel < 0.03), rel
 
 
-def test_population_gd_follows_the_ode(tmp_path):
-    """GD through the optax loop on the exact population loss vs the float64 ODE: O(lr) apart."""
+def test_population_gd_matches_float64_gd(tmp_path):
+    """GD through the optax loop on the exact population loss (float32 params) vs the same GD in float64
+    (zfb.gd_on_population): equal up to float32 rounding. That float64 GD is Euler's method on the
+    gradient flow, O(lr) from the ODE: tests/theory/test_zfb.py::test_gd_approaches_flow_at_rate_lr.
+    (Compared here with the ODE itself the gap was 4.2e-3 of the drop against a 2e-2 bound; the float64
+    GD is the sharper yardstick and skips a diffrax compile, ≈ 3 CPU-s.)"""
     d, n, lr, steps = 3, 10, 0.01, 300
     lam = np.diag([1.5, 1.0, 0.5])
     model, params = _init_params(jax.random.key(7), d=d, sigma=0.2)
@@ -141,11 +148,15 @@ def test_population_gd_follows_the_ode(tmp_path):
                       key=jax.random.key(0), num_steps=steps, workdir=tmp_path, log_every=30, ckpt_every=steps,
                       eval_fn=lt.eval_fn(Lam=lam, N=n))
     u0, U0 = (np.asarray(a, np.float64) for a in reduced_params(params))
-    traj = zfb.gradient_flow(float(u0), U0, lam, n, t1=lr * steps, num_saves=steps + 1)
+    gd = zfb.gd_on_population(float(u0), U0, lam, n, lr=lr, num_steps=steps, save_every=30)
     h = [x for x in hist if "pop_loss" in x]
-    t = np.array([x["step"] for x in h]) * lr
-    gap = np.abs(np.array([x["pop_loss"] for x in h]) - np.interp(t, traj.t, traj.loss))
-    drop = traj.loss[0] - traj.loss[-1]
-    assert drop > 0.5  # the flow moves a lot over this window, so the comparison means something
-    assert gap.max() < 0.02 * drop  # Euler error O(lr·t) ≈ 1e-2 relative; float32 rounding far below
+    logged = np.array([x["step"] for x in h])
+    np.testing.assert_array_equal(logged, np.arange(0, steps + 1, 30))
+    gap = np.abs(np.array([x["pop_loss"] for x in h]) - gd.loss[logged // 30])
+    drop = gd.loss[0] - gd.loss[-1]
+    assert drop > 0.5  # GD moves a lot over this window, so the comparison means something
+    # float32 rounding: measured 1.9e-7 of the drop (the loss moves ≈ 3e-3 of it per step: a step off fails it)
+    assert gap.max() < 1e-5 * drop, gap.max() / drop
+    u, U = reduced_params(state.params)
+    assert abs(float(u) - gd.u[-1]) < 1e-5 and np.max(np.abs(np.asarray(U) - gd.U[-1])) < 1e-5  # measured 1e-7
     assert float(off_subspace_norm(state.params)) == 0.0  # the other weights never receive gradient
