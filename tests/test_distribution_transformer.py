@@ -151,3 +151,20 @@ def test_gmm_config_check():
         c2[key] = bad
         with pytest.raises(ConfigError, match=f"^config.{key}="):
             dtt.check_gmm_config(c2, "w", "m", "v")
+
+
+def test_one_query_attention_equals_the_broadcast_path():
+    # a single query (1-component prior) takes the einsum path; with the same query twice (Q = 2) the
+    # broadcast products run, and attention rows are independent of each other: the same output
+    from models.distribution_transformer import Attention
+
+    att = Attention(width=16, n_heads=4, param_dtype=jnp.float32)
+    k1, k2, k3 = jax.random.split(jax.random.key(11), 3)
+    x, o = jax.random.normal(k1, (8, 1, 16)), jax.random.normal(k2, (8, 5, 16))
+    mask = jnp.arange(5)[None, :] < jax.random.randint(k3, (8, 1), 1, 6)
+    params = att.init(jax.random.key(0), x, o, mask)
+    one = att.apply(params, x, o, mask)
+    two = att.apply(params, jnp.concatenate([x, x], axis=1), o, mask)
+    np.testing.assert_allclose(one[:, 0], two[:, 0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(two[:, 1], two[:, 0], rtol=0, atol=0)
+    assert float(jnp.std(one)) > 0.1   # a non-trivial output
