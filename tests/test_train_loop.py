@@ -261,3 +261,34 @@ def test_steps_per_call_is_bitwise_for_the_gpt_step(tmp_path):
     one, h1 = fit(state, make_icl_step(model, tx, c), workdir=tmp_path / "k1", **kw)
     four, h4 = fit(state, make_icl_step(model, tx, c), workdir=tmp_path / "k4", steps_per_call=4, **kw)
     assert _same(one, four) and h1 == h4
+
+
+def test_fit_copies_the_callers_state_without_compiling():
+    """fit copies the caller's state (its step donates it) leaf by leaf with `_own_copy`, which compiles
+    nothing (a jitted copy compiled one program per leaf shape the process had not seen): fresh buffers,
+    equal values, the same sharding and commitment; leaves that are not jax arrays pass through."""
+    import jax.monitoring
+
+    from ictl.train.loop import _own_copy
+
+    # shapes no other test uses (made without a jax op, which would compile), one array committed to a
+    # device, one NumPy leaf
+    state = {"w": jax.device_put(np.full((7, 13), 2.0, np.float32)),
+             "b": jax.device_put(np.full(11, 2.0, np.float32), jax.devices()[0]), "n": np.int32(3)}
+    compiles = []
+
+    def count(name, secs, **_):
+        if name == "/jax/core/compile/backend_compile_duration":
+            compiles.append(secs)
+
+    jax.monitoring.register_event_duration_secs_listener(count)
+    try:
+        out = jax.block_until_ready(jax.tree.map(_own_copy, state))
+    finally:
+        jax.monitoring.unregister_event_duration_listener(count)
+    assert compiles == []
+    assert out["n"] is state["n"]
+    for k in ("w", "b"):
+        a, c = state[k], out[k]
+        assert c.unsafe_buffer_pointer() != a.unsafe_buffer_pointer() and np.array_equal(c, a)
+        assert (c.sharding, c.committed) == (a.sharding, a.committed)

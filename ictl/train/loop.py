@@ -107,6 +107,18 @@ def _progress(total: int, initial: int, desc: str):
                 mininterval=interval)
 
 
+def _own_copy(x):
+    """A fresh buffer for every shard of a jax.Array, on its own devices, committed as it was (the copy of
+    an uncommitted array then joins a multi-process mesh like the array would), nothing compiled; other
+    leaves are returned as they are. An array not fully addressable (a multi-process global array) gets a
+    jitted copy: device_put would hand back its buffers."""
+    if not isinstance(x, jax.Array):
+        return x
+    if not x.is_fully_addressable:
+        return x.copy()
+    return jax.device_put(x, may_alias=False)
+
+
 def fit(
     state,
     step_fn: Callable,
@@ -137,8 +149,9 @@ def fit(
     mesh = mesh if mesh is not None else make_mesh()
     rep = replicated(mesh)
     # the caller keeps its arrays (the step donates): device_put(may_alias=False) onto a mesh of more than
-    # one device still hands device 0 the caller's buffer (jax 0.10.2), so copy first
-    state = jax.device_put(jax.tree.map(lambda x: x.copy() if isinstance(x, jax.Array) else x, state), rep)
+    # one device still hands device 0 the caller's buffer (jax 0.10.2), so copy first, where the array lies,
+    # which copies every shard and compiles nothing (x.copy() compiled one program per leaf shape)
+    state = jax.device_put(jax.tree.map(_own_copy, state), rep)
     mngr = checkpoint.manager(workdir / "ckpt", keep=keep)
     restored, ckpt_step = checkpoint.restore_latest(mngr, state, sharding=rep)
     same_on_all(-1 if ckpt_step is None else ckpt_step, "restored checkpoint step")
