@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from experiments import order_sensitivity as osx
-from ictl import lsa_training
+from ictl import lsa_training, rng
 from ictl.config import ConfigError
 from models.gpt import GPT, GPTConfig, init_params
 from models.lsa import LSA
@@ -118,3 +118,15 @@ def test_bad_config():
     c.n_perms = 1
     with pytest.raises(ConfigError, match="config.n_perms"):
         osx.validate(c)
+
+
+def test_permuted_prompts_are_orders_of_the_examples():
+    # order p sorts uniform(fold_in(key, p)) (the eager draw, bit for bit) and permutes x and y together
+    x, y, _ = _prompts(jax.random.key(8), B, K, D)
+    key = jax.random.key(5)
+    xp, yp = osx._permuted(key, x, y, n_perms=3)
+    for p in range(3):
+        perm = np.argsort(np.asarray(rng.uniform(jax.random.fold_in(key, p), (B, K))), axis=1, kind="stable")
+        np.testing.assert_array_equal(np.asarray(xp[p]), np.take_along_axis(np.asarray(x), perm[..., None], axis=1))
+        np.testing.assert_array_equal(np.asarray(yp[p]), np.take_along_axis(np.asarray(y), perm, axis=1))
+    assert not np.array_equal(np.asarray(yp[0]), np.asarray(yp[1]))   # different orders
