@@ -45,7 +45,10 @@ def _enable_compile_cache() -> None:
 
     path = os.environ.get("ICTL_CACHE_DIR", str(pathlib.Path(__file__).resolve().parents[1] / ".cache" / "jax"))
     jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    # 0.1 s, not 0.5: tests/test_multiprocess.py's `ictl` processes (same programs) then share zfb_dynamics'
+    # second train program (0.18 s) too: 52.7 → 50.3 CPU-s for the file (2 runs each, fresh caches), and a
+    # single run with a fresh cache wrote 2 entries, not 1, at no measurable cost (7.35 → 7.39 CPU-s, noise)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
 
 
 def experiment_names() -> list[str]:

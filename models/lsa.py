@@ -52,13 +52,7 @@ class LSA(nn.Module):
     sigma: float = 0.1
     param_dtype: Any = jnp.float32
 
-    @nn.compact
-    def __call__(
-        self,
-        x_ctx: Float[Array, "B N d"],
-        y_ctx: Float[Array, "B N"],
-        x_q: Float[Array, "B Q d"],
-    ) -> Float[Array, "B Q"]:
+    def setup(self):
         if self.init_scheme == "paper":
             pv_init, kq_init = paper_init(self.sigma)
         elif self.init_scheme == "random":
@@ -66,8 +60,20 @@ class LSA(nn.Module):
         else:
             raise ValueError(f"init_scheme: got {self.init_scheme!r}; allowed: {INITS}")
         e = self.d + 1
-        w_pv = self.param("W_PV", pv_init, (e, e), self.param_dtype)
-        w_kq = self.param("W_KQ", kq_init, (e, e), self.param_dtype)
+        self.w_pv = self.param("W_PV", pv_init, (e, e), self.param_dtype)
+        self.w_kq = self.param("W_KQ", kq_init, (e, e), self.param_dtype)
+
+    def weights(self):
+        """(W^{PV}, W^{KQ}): ``model.init(key, method=LSA.weights)`` runs the initialisers alone."""
+        return self.w_pv, self.w_kq
+
+    def __call__(
+        self,
+        x_ctx: Float[Array, "B N d"],
+        y_ctx: Float[Array, "B N"],
+        x_q: Float[Array, "B Q d"],
+    ) -> Float[Array, "B Q"]:
+        w_pv, w_kq = self.w_pv, self.w_kq
         n = x_ctx.shape[1]
         e_BxNxE = jnp.concatenate([x_ctx, y_ctx[..., None]], axis=-1)
         eq_BxQxE = jnp.concatenate([x_q, jnp.zeros_like(x_q[..., :1])], axis=-1)

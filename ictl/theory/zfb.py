@@ -180,10 +180,18 @@ class Trajectory(NamedTuple):
     flow: FlowProblem | None = None  # set by gradient_flow (None for GD trajectories)
 
 
+@partial(jax.jit, static_argnames="N")
+def _losses(u_T, U_Txdxd, lam, *, N):
+    """L along a trajectory as one program: eagerly, each op of the vmapped loss compiled on its own
+    for every new trajectory length (0.47–0.58 → 0.13–0.18 CPU-s per length at d = 5); the values
+    move by float64 rounding (≤ 4e-16 relative, measured)."""
+    return jax.vmap(population_loss, in_axes=(0, 0, None, None))(u_T, U_Txdxd, lam, N)
+
+
 def _trajectory(t, u, U, lam, N, flow=None) -> Trajectory:
     vinv = np.linalg.inv(gamma(lam, N))
     with jax.enable_x64(True):
-        loss = jax.vmap(population_loss, in_axes=(0, 0, None, None))(jnp.asarray(u), jnp.asarray(U), jnp.asarray(lam), N)
+        loss = _losses(jnp.asarray(u), jnp.asarray(U), jnp.asarray(lam), N=N)
     u, U = np.asarray(u), np.asarray(U)
     V = u[:, None, None] * U
     return Trajectory(
