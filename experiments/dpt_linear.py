@@ -28,7 +28,7 @@ import numpy as np
 from ictl.bandits import algorithms as alg
 from ictl.bandits import envs as benvs
 from ictl.bandits import icrl, pretrain, rollout as ro
-from ictl.config import SCALES, ConfigError, check
+from ictl.config import SCALES, check, new_config
 from ictl.results import new_figure, row, save_figure, write_results
 
 REPRODUCE = False
@@ -37,10 +37,7 @@ LEFT_OUT = "one transformer training: 420 s wall / 172 s CPU on 2 loaded CPU cor
 
 
 def get_config(scale: str = "quick") -> ml_collections.ConfigDict:
-    if scale not in SCALES:
-        raise ConfigError(f"scale={scale!r}: allowed {SCALES}")
-    c = ml_collections.ConfigDict()
-    c.scale, c.seed = scale, 0
+    c = new_config(scale)
     c.env, c.horizon, c.n_actions, c.d, c.noise_std = "dpt_linear", 50, 10, 2, 0.3
     icrl.add_model_keys(c)
     c.train_steps = 1000

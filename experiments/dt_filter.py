@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 
 from ictl import dt_training as dtt
-from ictl.config import SCALES, ConfigError, check, check_ints_at_least_one, check_positive
+from ictl.config import SCALES, check, check_ints_at_least_one, check_positive, new_config
 from ictl.results import new_figure, row, save_figure, write_results
 from ictl.theory import gmm_posterior as gp
 from models.distribution_transformer import GMM, DTConfig, gmm_from_moments
@@ -38,10 +38,7 @@ TITLE = "Distribution Transformer as a filter: posterior fed back for 100 steps 
 
 
 def get_config(scale: str = "quick") -> ml_collections.ConfigDict:
-    if scale not in SCALES:
-        raise ConfigError(f"scale={scale!r}: allowed {SCALES}")
-    c = ml_collections.ConfigDict()
-    c.scale, c.seed = scale, 0
+    c = new_config(scale)
     c.a, c.q = 0.95, 1.0
     c.x0_weights, c.x0_means, c.x0_vars = (1.0,), (0.0,), (1.0,)
     c.sensor_vars = (0.1, 4.0)

@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 
 from ictl import dt_training as dtt
-from ictl.config import SCALES, ConfigError, check, check_ints_at_least_one, check_positive
+from ictl.config import SCALES, check, check_ints_at_least_one, check_positive, new_config
 from ictl.results import new_figure, row, save_figure, write_results
 from ictl.theory import gmm_posterior as gp
 from models.distribution_transformer import GMM, DTConfig, gmm_from_moments
@@ -38,10 +38,7 @@ CASES = ("1d", "2d")
 
 
 def get_config(scale: str = "quick") -> ml_collections.ConfigDict:
-    if scale not in SCALES:
-        raise ConfigError(f"scale={scale!r}: allowed {SCALES}")
-    c = ml_collections.ConfigDict()
-    c.scale, c.seed = scale, 0
+    c = new_config(scale)
     c.cases = CASES
     c.K, c.noise_var, c.n_min, c.n_max = 2, 1.0, 1, 8
     c.spread, c.std_lo, c.std_hi = 3.0, 0.3, 2.0          # meta-prior (ictl.dt_training.MetaPrior)

@@ -29,7 +29,7 @@ import numpy as np
 from scipy import special
 
 from ictl import dt_training as dtt
-from ictl.config import SCALES, ConfigError, check, check_ints_at_least_one, check_positive
+from ictl.config import SCALES, check, check_ints_at_least_one, check_positive, new_config
 from ictl.results import new_figure, row, save_figure, write_results
 from ictl.theory import gmm_posterior as gp
 from models.distribution_transformer import GMM, DTConfig
@@ -43,10 +43,7 @@ TITLE = "Distribution Transformer: time per posterior vs the exact update and NU
 
 
 def get_config(scale: str = "quick") -> ml_collections.ConfigDict:
-    if scale not in SCALES:
-        raise ConfigError(f"scale={scale!r}: allowed {SCALES}")
-    c = ml_collections.ConfigDict()
-    c.scale, c.seed = scale, 0
+    c = new_config(scale)
     c.K, c.df, c.noise_scale, c.n_max, c.n_eval = 2, 3.0, 1.0, 8, 8
     c.spread, c.std_lo, c.std_hi = 3.0, 0.3, 2.0
     c.width, c.n_layers, c.n_heads, c.mlp_hidden, c.unit = 32, 2, 4, 64, 3.0

@@ -26,7 +26,7 @@ import optax
 
 from ictl import baselines as bl
 from ictl import evaluation as ev
-from ictl.config import SCALES, ConfigError, check, check_ints_at_least_one, check_positive, check_steps_per_call
+from ictl.config import SCALES, ConfigError, check, check_ints_at_least_one, check_positive, check_steps_per_call, new_config
 from ictl.results import new_figure, row, save_figure, write_results
 from ictl.tasks import function_classes as fc
 from ictl.train import TrainState, config_optimizer, fit, seed_keys, shard_batch, unstack, vmap_seeds
@@ -40,11 +40,7 @@ TITLE = "Garg et al. 2022 Fig. 2: GPT-2-style ICL of linear regression vs least 
 
 
 def get_config(scale: str = "quick") -> ml_collections.ConfigDict:
-    if scale not in SCALES:
-        raise ConfigError(f"scale={scale!r}: allowed {SCALES}")
-    c = ml_collections.ConfigDict()
-    c.scale = scale
-    c.seed = 0
+    c = new_config(scale)
     c.task = "linear"
     c.size = "tiny"
     c.dtype = "float32"

@@ -33,7 +33,7 @@ import numpy as np
 from ictl import baselines as bl
 from ictl import bayes
 from ictl import evaluation as ev
-from ictl.config import SCALES, ConfigError, check, check_ints_at_least_one, check_positive
+from ictl.config import SCALES, check, check_ints_at_least_one, check_positive, new_config
 from ictl.results import new_figure, row, save_figure, write_results
 from ictl.tasks import function_classes as fc
 from ictl.tasks import representation as rep
@@ -47,10 +47,8 @@ TITLE = "Guo et al. 2024: ICL with a fixed representation Φ* — GPT vs ridge o
 
 
 def get_config(scale: str = "quick") -> ml_collections.ConfigDict:
-    if scale not in SCALES:
-        raise ConfigError(f"scale={scale!r}: allowed {SCALES}")
-    c = ml_collections.ConfigDict()
-    c.scale, c.seed, c.phi_seed = scale, 0, 99
+    c = new_config(scale)
+    c.phi_seed = 99
     c.d, c.phi_width, c.phi_depth, c.noise_std, c.n_points = 4, 8, 2, 0.1, 16
     c.n_layers, c.n_heads, c.width = 3, 2, 64
     c.batch, c.lr, c.warmup, c.lr_end, c.train_steps = 64, 1e-3, 200, 0.1, 3000

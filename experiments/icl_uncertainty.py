@@ -33,7 +33,7 @@ import ml_collections
 import numpy as np
 
 from ictl import bayes
-from ictl.config import SCALES, ConfigError, check, check_ints_at_least_one, check_positive, check_steps_per_call
+from ictl.config import SCALES, check, check_ints_at_least_one, check_positive, check_steps_per_call, new_config
 from ictl.results import new_figure, row, save_figure, write_results
 from ictl.tasks import function_classes as fc
 from ictl.train import TrainState, config_optimizer, fit, make_train_step, shard_batch
@@ -49,10 +49,7 @@ Z95 = 1.959963984540054
 
 
 def get_config(scale: str = "quick") -> ml_collections.ConfigDict:
-    if scale not in SCALES:
-        raise ConfigError(f"scale={scale!r}: allowed {SCALES}")
-    c = ml_collections.ConfigDict()
-    c.scale, c.seed = scale, 0
+    c = new_config(scale)
     c.d, c.n_points, c.noise_std = 3, 10, 0.5
     c.n_layers, c.n_heads, c.width = 3, 2, 64
     # 2000-step sweep (error of μ̂ vs μ* at k = 9, in units of σ*²): 2L lr 1e-3 2.8, 3L lr 1e-3 1.4,

@@ -36,7 +36,7 @@ import numpy as np
 from ictl.bandits import algorithms as alg
 from ictl.bandits import envs as benvs
 from ictl.bandits import icrl, policy, pretrain, rollout as ro
-from ictl.config import SCALES, ConfigError, check
+from ictl.config import SCALES, check, new_config
 from ictl.results import new_figure, row, save_figure, write_results
 
 REPRODUCE = False
@@ -45,10 +45,7 @@ LEFT_OUT = "three transformer trainings on Beta-TS data: 996 s wall / 521 s CPU 
 
 
 def get_config(scale: str = "quick") -> ml_collections.ConfigDict:
-    if scale not in SCALES:
-        raise ConfigError(f"scale={scale!r}: allowed {SCALES}")
-    c = ml_collections.ConfigDict()
-    c.scale, c.seed = scale, 0
+    c = new_config(scale)
     c.env, c.horizon, c.n_actions, c.d, c.noise_std = "bernoulli", 50, 5, 5, 0.0
     icrl.add_model_keys(c)
     c.train_steps = 800

@@ -35,7 +35,7 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float
 
-from ictl.config import SCALES, check, check_ints_at_least_one, check_positive
+from ictl.config import SCALES, check, check_ints_at_least_one, check_positive, new_config
 from ictl.results import new_figure, row, save_figure, write_results
 from ictl.tasks.linear import sample_linear_prompts
 from ictl.tasks.nonlinear_response import RESPONSES, sample_nonlinear_prompts
@@ -51,9 +51,7 @@ EVAL_CHUNK = 10_000
 
 
 def get_config(scale: str = "quick") -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.scale = scale
-    c.seed = 0
+    c = new_config(scale)
     c.d = 5
     c.n_ctx = 20
     c.settings = SETTINGS

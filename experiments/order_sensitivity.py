@@ -42,7 +42,7 @@ import optax
 
 from experiments import garg_linear
 from ictl import lsa_training, rng
-from ictl.config import SCALES, ConfigError, check, check_ints_at_least_one, check_positive
+from ictl.config import SCALES, check, check_ints_at_least_one, check_positive, new_config
 from ictl.results import new_figure, row, save_figure, write_results
 from ictl.tasks import function_classes as fc
 from ictl.train import TrainState, fit, make_train_step
@@ -54,10 +54,7 @@ U32 = 2.0**-24
 
 
 def get_config(scale: str = "quick") -> ml_collections.ConfigDict:
-    if scale not in SCALES:
-        raise ConfigError(f"scale={scale!r}: allowed {SCALES}")
-    c = ml_collections.ConfigDict()
-    c.scale, c.seed = scale, 0
+    c = new_config(scale)
     c.d, c.n_ctx = 4, 10
     c.size, c.train_steps, c.lr, c.warmup, c.batch = "tiny", 1500, 1e-3, 200, 64
     c.lsa_steps, c.lsa_lr = 400, 1e-2

@@ -43,7 +43,7 @@ from ictl import pfn_training as pt
 from ictl.bo import acquisition as A
 from ictl.bo import loop, prior, stats, tasks
 from ictl.bo import problems as P
-from ictl.config import SCALES, ConfigError, check, check_ints_at_least_one, check_positive
+from ictl.config import SCALES, check, check_ints_at_least_one, check_positive, new_config
 from ictl.results import new_figure, row, save_figure, write_results
 from ictl.tasks import gp_prior
 from ictl.theory import gp
@@ -62,10 +62,7 @@ LABELS = {"pfn": "PFN-EI", "gp_true": "GP-EI (true hyperparameters)", "gp_ml2": 
 
 
 def get_config(scale: str = "quick") -> ml_collections.ConfigDict:
-    if scale not in SCALES:
-        raise ConfigError(f"config.scale={scale!r}: allowed {SCALES}")
-    c = ml_collections.ConfigDict()
-    c.scale, c.seed = scale, 0
+    c = new_config(scale)
     c.d, c.kernel, c.lengthscale, c.outputscale, c.noise = 2, "rbf", 0.25, 1.0, 1e-4   # the GP prior
     c.test_prior = "gp"          # the PFN prior for the analytic problems: "gp" (above, in their d) or "hyperprior"
     c.n_layers, c.n_heads, c.width, c.mlp_ratio = 4, 4, 64, 2

@@ -41,7 +41,7 @@ import ml_collections
 import numpy as np
 
 from ictl import pfn_training as pt
-from ictl.config import SCALES, ConfigError, check, check_ints_at_least_one, check_positive
+from ictl.config import SCALES, check, check_ints_at_least_one, check_positive, new_config
 from ictl.results import new_figure, row, save_figure, write_results
 from ictl.tasks import gp_prior
 from ictl.theory import gp
@@ -58,10 +58,7 @@ ABLATIONS = ("gaussian", "positional")
 
 
 def get_config(scale: str = "quick") -> ml_collections.ConfigDict:
-    if scale not in SCALES:
-        raise ConfigError(f"config.scale={scale!r}: allowed {SCALES}")
-    c = ml_collections.ConfigDict()
-    c.scale, c.seed = scale, 0
+    c = new_config(scale)
     c.d, c.kernel, c.lengthscale, c.outputscale, c.noise = 5, "rbf", 0.6, 1.0, 1e-4
     c.n_max = 50                       # context sizes 0..n_max; training datasets have n_max + 1 points
     c.n_layers, c.n_heads, c.width, c.mlp_ratio = 4, 4, 64, 2

@@ -39,7 +39,7 @@ import numpy as np
 
 from experiments import pfn_gp
 from ictl import pfn_training as pt
-from ictl.config import SCALES, ConfigError, check, check_ints_at_least_one, check_positive
+from ictl.config import check, check_ints_at_least_one
 from ictl.results import new_figure, row, save_figure, write_results
 from ictl.tasks import gp_prior
 from ictl.theory import gp
@@ -53,8 +53,6 @@ TITLE = "PFN on a Matérn hyperprior vs ML-II and NUTS (blackjax): NLL for n ≤
 
 
 def get_config(scale: str = "quick") -> ml_collections.ConfigDict:
-    if scale not in SCALES:
-        raise ConfigError(f"config.scale={scale!r}: allowed {SCALES}")
     c = pfn_gp.get_config(scale)
     c.d, c.n_max = 1, 30
     c.kernel = "matern52"

@@ -51,7 +51,7 @@ from jaxtyping import Array, Float
 from experiments import prism_task_pool as ptp
 from ictl import bayes
 from ictl import evaluation as ev
-from ictl.config import SCALES, ConfigError, check
+from ictl.config import SCALES, check
 from ictl.results import new_figure, row, save_figure, write_results
 from ictl.tasks import function_classes as fc
 from ictl.tasks import prism
@@ -67,8 +67,7 @@ DMMSE, RIDGE = "dMMSE (pool posterior mean)", "ridge λ=σ² (Gaussian posterior
 
 
 def get_config(scale: str = "quick") -> ml_collections.ConfigDict:
-    if scale not in SCALES:
-        raise ConfigError(f"scale={scale!r}: allowed {SCALES}")
+    check(scale in SCALES, "scale", scale, f"one of {SCALES}")
     c = ptp.get_config("quick")
     del c["log2_pool"]
     c.scale = scale

@@ -32,7 +32,7 @@ import numpy as np
 from ictl import baselines as bl
 from ictl import bayes
 from ictl import evaluation as ev
-from ictl.config import SCALES, ConfigError, check, check_ints_at_least_one, check_steps_per_call
+from ictl.config import SCALES, check, check_ints_at_least_one, check_steps_per_call, new_config
 from ictl.results import new_figure, row, save_figure, write_results
 from ictl.tasks import function_classes as fc
 from ictl.tasks import prism
@@ -46,11 +46,7 @@ TITLE = "Panwar et al. Bayesian prism: GPT on a finite task pool vs dMMSE and ri
 
 
 def get_config(scale: str = "quick") -> ml_collections.ConfigDict:
-    if scale not in SCALES:
-        raise ConfigError(f"scale={scale!r}: allowed {SCALES}")
-    c = ml_collections.ConfigDict()
-    c.scale = scale
-    c.seed = 0
+    c = new_config(scale)
     c.pool_seed = 1234
     c.d = 4
     c.log2_pool = 2

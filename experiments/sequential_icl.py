@@ -85,7 +85,7 @@ import numpy as np
 
 from ictl import baselines as bl
 from ictl import evaluation as ev
-from ictl.config import SCALES, ConfigError, check, check_ints_at_least_one, check_positive
+from ictl.config import SCALES, check, check_ints_at_least_one, check_positive, new_config
 from ictl.results import new_figure, row, save_figure, write_results
 from ictl.tasks import function_classes as fc
 from ictl.tasks import sequential as sq
@@ -99,11 +99,7 @@ TITLE = "Sequential function classes: GPT on linear dynamics and sliding-window 
 
 
 def get_config(scale: str = "quick") -> ml_collections.ConfigDict:
-    if scale not in SCALES:
-        raise ConfigError(f"scale={scale!r}: allowed {SCALES}")
-    c = ml_collections.ConfigDict()
-    c.scale = scale
-    c.seed = 0
+    c = new_config(scale)
     c.n_layers, c.n_heads, c.width = 2, 2, 64
     c.batch = 64
     c.lr, c.warmup, c.lr_end = 3e-3, 200, 0.1

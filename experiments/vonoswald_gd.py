@@ -43,7 +43,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from ictl.config import SCALES, check, check_ints_at_least_one, check_positive
+from ictl.config import SCALES, check, check_ints_at_least_one, check_positive, new_config
 from ictl.results import new_figure, row, save_figure, write_results
 from ictl.tasks.sine import sample_sine_prompts
 from ictl.tasks.uniform_linear import sample_uniform_linear_prompts
@@ -59,9 +59,7 @@ PAPER_LOSS = 0.205  # the paper's trained 1-layer ½MSE (d = N = 10, U(−0.5, 0
 
 
 def get_config(scale: str = "quick") -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.scale = scale
-    c.seed = 0
+    c = new_config(scale)
     c.d, c.n_ctx, c.x_range, c.w_scale = 10, 10, 0.5, 1.0
     c.batch, c.lr, c.b2, c.init_scale = 2048, 1e-3, 0.98, 0.1  # the paper: Adam 1e-3, β₂ 0.98
     c.steps = 1500               # 1-layer training (converges in ≈ 1000 steps)

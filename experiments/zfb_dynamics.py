@@ -24,13 +24,12 @@ import pathlib
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 
 from ictl import lsa_training as lt
-from ictl.config import ConfigError, check, check_ints_at_least_one, check_positive
+from ictl.config import ConfigError, check, check_ints_at_least_one, check_positive, new_config
 from ictl.results import new_figure, row, save_figure, write_results
 from ictl.theory import zfb
 from ictl.train import TrainState, fit, make_train_step
@@ -42,9 +41,7 @@ TITLE = "ZFB 2023: LSA training dynamics vs the gradient-flow ODE and L*"
 
 
 def get_config(scale: str = "quick") -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.scale = scale
-    c.seed = 0
+    c = new_config(scale)
     c.d = 5
     c.N = 20
     c.lam = ()            # () = identity, d numbers = diagonal, or a d×d nested tuple

@@ -35,7 +35,7 @@ import numpy as np
 import optax
 
 from ictl import lsa_training as lt
-from ictl.config import check, check_ints_at_least_one, check_positive
+from ictl.config import check, check_ints_at_least_one, check_positive, new_config
 from ictl.results import new_figure, row, save_figure, write_results
 from ictl.tasks.linear import sample_linear_prompts
 from ictl.theory import zfb, zfb_risk
@@ -50,9 +50,7 @@ V_TARGET = 0.02  # trained V (and its predictions) within 2% of Γ⁻¹ / V* (ma
 
 
 def get_config(scale: str = "quick") -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.scale = scale
-    c.seed = 0
+    c = new_config(scale)
     c.d = 5
     c.N = 20
     c.sigma = 0.1

@@ -37,7 +37,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from ictl.config import SCALES, check, check_ints_at_least_one, check_positive
+from ictl.config import SCALES, check, check_ints_at_least_one, check_positive, new_config
 from ictl.results import new_figure, row, save_figure, write_results
 from ictl.tasks.rotation import X1_DISTS, sample_rotation_sequences, x1_moments
 from ictl.theory import zheng
@@ -50,10 +50,7 @@ TITLE = "Zheng et al. 2024: AR-trained causal LSA → one-step-GD mesa-optimizer
 
 
 def get_config(scale: str = "quick") -> ml_collections.ConfigDict:
-    check(scale in SCALES, "scale", scale, f"one of {SCALES}")
-    c = ml_collections.ConfigDict()
-    c.scale = scale
-    c.seed = 0
+    c = new_config(scale)
     c.dists = ("rademacher", "gaussian", "shifted")
     c.d = 3
     c.length = 32  # T: training sequences x_1 … x_T, loss on positions t = 2 … T−1

@@ -24,6 +24,15 @@ def check(ok: bool, key: str, got: Any, allowed: str) -> None:
         raise ConfigError(f"config.{key}={got!r}: allowed {allowed}")
 
 
+def new_config(scale: str) -> ml_collections.ConfigDict:
+    """The opening of every experiment's `get_config`: a ConfigDict holding ``scale`` (one of SCALES,
+    else ConfigError) and ``seed`` 0."""
+    check(scale in SCALES, "scale", scale, f"one of {SCALES}")
+    c = ml_collections.ConfigDict()
+    c.scale, c.seed = scale, 0
+    return c
+
+
 def check_ints_at_least_one(config, *keys: str) -> None:
     """check(config[k] >= 1, ...) for each key: the counts every experiment has (d, N, steps, batch…)."""
     for k in keys:

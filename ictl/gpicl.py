@@ -23,7 +23,7 @@ import numpy as np
 
 from ictl import class_baselines as cb
 from ictl import data as idata
-from ictl.config import SCALES, ConfigError, check, check_ints_at_least_one
+from ictl.config import SCALES, ConfigError, check, check_ints_at_least_one, new_config
 from ictl.tasks import gpicl as G
 from ictl.train import TrainState, config_optimizer, fit, make_train_step, shard_batch
 from models import recurrent
@@ -38,11 +38,7 @@ LN10 = float(np.log(10.0))
 # ----------------------------------------------------------------------------- config
 def base_config(scale: str) -> ml_collections.ConfigDict:
     """Keys every gpicl experiment has (quick values; the experiments set their paper values)."""
-    if scale not in SCALES:
-        raise ConfigError(f"config.scale={scale!r}: allowed {SCALES}")
-    c = ml_collections.ConfigDict()
-    c.scale = scale
-    c.seed = 0
+    c = new_config(scale)
     c.pool_seed = 1234             # the pool's k-bit seeds are folded into key(pool_seed)
     c.dataset = "digits"
     c.data_dir = idata.default_data_dir()

@@ -33,6 +33,17 @@ def _run(args, capsys):
     return code, err
 
 
+def test_every_experiment_config_opens_with_scale_and_seed():
+    """`ictl.config.new_config` in every experiment: the scale is kept, seed 0, a bad scale is one ConfigError."""
+    for name in cli.experiment_names():
+        module = cli.load_experiment(name)
+        for scale in ("quick", "paper"):
+            c = module.get_config(scale)
+            assert (c.scale, c.seed) == (scale, 0), name
+        with pytest.raises(ConfigError, match=r"^config\.scale='huge': allowed one of \('quick', 'paper'\)$"):
+            module.get_config("huge")
+
+
 @pytest.mark.parametrize("args, needle", [
     (["run", "no_such_experiment"], "experiment 'no_such_experiment': unknown"),
     (["run", "zfb_dynamics", "--config.nope=1"], "config.nope: unknown key"),
