@@ -16,6 +16,8 @@ import math
 import jax
 import numpy as np
 
+from models.initializers import pow2_length
+
 
 def _flat(shape) -> tuple[tuple[int, ...], tuple[int, ...]]:
     shape = tuple(int(s) for s in shape)
@@ -56,10 +58,6 @@ def rademacher(key: jax.Array, shape, dtype=int) -> jax.Array:
 # threefry program (test_gla: 54 compiles, 9.9 s of XLA's time); these compile one program per
 # power-of-two length and return its first n elements, bitwise the same numbers (with threefry
 # partitionable, element i of a flat draw depends only on (key, i); tests/test_rng.py).
-def _pow2(n: int) -> int:
-    return 1 << max(n - 1, 0).bit_length()
-
-
 @functools.partial(jax.jit, static_argnames=("length", "dtype", "kind"))
 def _prefix_draw(key, *, length, dtype, kind):
     return jax.random.normal(key, (length,), dtype) if kind == "normal" else jax.random.uniform(key, (length,), dtype)
@@ -72,7 +70,7 @@ def _eager(kind, key, shape, dtype):
             or str(jax.random.key_impl(key)) != "threefry2x32"):
         draw = jax.random.normal if kind == "normal" else jax.random.uniform
         return draw(key, shape, dtype)
-    flat = np.asarray(_prefix_draw(key, length=_pow2(n), dtype=dtype, kind=kind))
+    flat = np.asarray(_prefix_draw(key, length=pow2_length(n), dtype=dtype, kind=kind))
     return jax.device_put(flat[:n].reshape(shape))   # sliced in numpy: no program per shape
 
 

@@ -26,7 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def _bucket(n: int) -> int:
+def pow2_length(n: int) -> int:
+    """The smallest power of two >= n (1 for n <= 1): the draw length that n-element draws share."""
     return 1 << max(n - 1, 0).bit_length()
 
 
@@ -41,7 +42,7 @@ def _scaled_draw(key, scale, *, kind: str, length: int, dtype):
 
 def _init_draw(kind, key, shape, dtype, scale):
     n = math.prod(shape)
-    flat = np.asarray(_scaled_draw(key, scale, kind=kind, length=_bucket(n), dtype=jnp.dtype(dtype)))
+    flat = np.asarray(_scaled_draw(key, scale, kind=kind, length=pow2_length(n), dtype=jnp.dtype(dtype)))
     return jax.device_put(flat[:n].reshape(shape))   # sliced in numpy: no slice/reshape program per shape
 
 
