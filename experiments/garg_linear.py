@@ -210,17 +210,19 @@ def run(config, workdir: pathlib.Path) -> list[dict]:
 
 
 def result_rows(curves: dict[str, ev.Curve], config) -> list[dict]:
-    """The transformer against the optimum 1 − k/d at every k (tolerance 0.05: the fidelity target,
-    about twice the 90% bootstrap half-width at 1280 prompts), least squares against its closed
-    form (4 MC standard errors), and the transformer / 3-NN ratio (Garg Fig. 2: far below 1)."""
+    """The transformer against the optimum at every k: least squares on the same prompts, whose
+    expectation is 1 − k/d (k < d) and 0 (k ≥ d) (tolerance 0.05: the fidelity target; comparing on the
+    same prompts takes their Monte Carlo error out: least squares itself is 0.658 vs 0.6 at k = 2 on the
+    1280 quick prompts), least squares against its closed form (4 MC standard errors), and the
+    transformer / 3-NN ratio (Garg Fig. 2: far below 1)."""
     d, n = config.d, config.n_points
-    tf = curves["transformer"]
+    tf, ls = curves["transformer"], curves["least squares"]
     spread = "seed range" if config.seeds > 1 else "90% bootstrap band"
-    rows = [row(f"transformer error/d at k={k}", max(0.0, 1 - k / d), tf.mean[k], "theory", tol=0.05,
-                why="fidelity target: within 0.05 of the optimum at every k (≈ 2× the bootstrap half-width)",
-                note=f"{spread} [{tf.lo[k]:.3g}, {tf.hi[k]:.3g}]; optimum max(0, 1 − k/d)")
+    rows = [row(f"transformer error/d at k={k} vs least squares", ls.mean[k], tf.mean[k], "theory", tol=0.05,
+                why="fidelity target: within 0.05 of the optimum (least squares on the same prompts) at every k",
+                note=f"{spread} [{tf.lo[k]:.3g}, {tf.hi[k]:.3g}]; optimum in expectation max(0, 1 − k/d) = "
+                     f"{max(0.0, 1 - k / d):.3g}")
             for k in range(1, n)]
-    ls = curves["least squares"]
     k = d // 2
     rows.append(row(f"least squares error/d at k={k}", 1 - k / d, ls.mean[k], "theory", tol=4 * ls.sem[k],
                     why="4 Monte Carlo standard errors over the evaluation prompts", note=f"MC SE {ls.sem[k]:.2g}"))
