@@ -13,6 +13,13 @@ TEST_WORKERS ?= 2
 # package cache it installed the lock in 78 s where pip took 7 min 48 s (measured side by side on the
 # 2-core CI-like machine). pip installs it when uv cannot be had.
 UV_VERSION := 0.13.8
+# uv, unlike pip, installs no bytecode, and with PYTHONDONTWRITEBYTECODE set (as on the 2-core CI-like
+# machine) every Python process then compiled jax's, flax's, optax's … sources anew: 7.8 → 2.8 CPU-s to
+# import the stack. One import of every experiment (what `ictl` runs import), of matplotlib and of the
+# test runner writes the bytecode of what runs and tests import (22 CPU-s once; uv's --compile-bytecode,
+# everything installed, took 53). test_multiprocess + test_config_cli + test_gpicl_data +
+# test_multidevice, their subprocesses included: 161 → 79 CPU-s.
+export PRECOMPILE := import matplotlib.pyplot, pytest, xdist; from ictl import cli;   [cli.load_experiment(n) for n in cli.experiment_names()]
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	@if $(BIN)/python -m pip install -q --disable-pip-version-check uv==$(UV_VERSION); then \
@@ -22,6 +29,7 @@ $(STAMP): requirements.lock pyproject.toml
 	  $(BIN)/python -m pip install -q --disable-pip-version-check -r requirements.lock && \
 	  $(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -e . ; \
 	fi
+	@env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -c "$$PRECOMPILE"
 	@touch $(STAMP)
 
 venv: $(STAMP)

@@ -113,6 +113,29 @@ def attend(
     return spark_topk_attention(q, k, v, k_keep=k_keep, causal=causal)
 
 
+def identity_conv_init(init):
+    """LAWCAT's conv filters [W, H, K]: ``init``'s draw plus 1 on the current token (the last tap)."""
+    def conv_init(key, shape, dtype):
+        return init(key, shape, dtype).at[-1].add(1.0)
+    return conv_init
+
+
+def param_specs(D: int, *, num_heads: int, backend: str = "softmax", head_dim: int | None = None,
+                conv_width: int = 4, init_std: float = 0.02, out_init_std: float = 0.02) -> tuple:
+    """`Attention`'s parameters as `initializers.Declare` specs, in the order its ``__call__`` makes them
+    (the same flax RNG streams): a parameters-only init without the forward pass."""
+    H = num_heads
+    K = head_dim or D // H
+    init, zeros = initializers.normal_init(init_std), initializers.constant_init(0.0)
+    specs = [("qkv", (("kernel", init, (D, 3, H, K)), ("bias", zeros, (3, H, K))))]
+    if backend in ("gla", "lawcat"):
+        specs.append(("gate", (("kernel", init, (D, H, K)), ("bias", zeros, (H, K)))))
+    if backend == "lawcat":
+        specs += [(name, identity_conv_init(init), (conv_width, H, K)) for name in ("conv_q", "conv_k")]
+    specs.append(("out", (("kernel", initializers.normal_init(out_init_std), (H, K, D)), ("bias", zeros, (D,)))))
+    return tuple(specs)
+
+
 class Attention(nn.Module):
     """Causal multi-head self-attention x [B, T, D] → [B, T, D] with a backend named by a string.
 
@@ -166,9 +189,7 @@ class Attention(nn.Module):
             if not isinstance(W, int) or W < 1:
                 raise ValueError(f"conv_width must be a positive int; got {W!r}")
 
-            def conv_init(key, shape, dtype):  # identity filter (1 on the current token) + noise
-                return init(key, shape, dtype).at[-1].add(1.0)
-
+            conv_init = identity_conv_init(init)
             conv_q = self.param("conv_q", conv_init, (W, H, K), self.param_dtype)
             conv_k = self.param("conv_k", conv_init, (W, H, K), self.param_dtype)
         o_BxTxHxK = attend(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, backend=self.backend, causal=True, g=g_BxTxHxK,

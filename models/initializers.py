@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -82,3 +83,35 @@ def fan_in_uniform_init(scale: float, dtype=None):
         variance = jnp.array(scale / fan_in, dtype)
         return _init_draw("uniform", key, shape, dtype, jnp.sqrt(3 * variance))
     return init
+
+
+def constant_init(value: float, dtype=None):
+    """``flax.linen.initializers.constant(value, dtype)`` (zeros_init, ones_init), bitwise, made in numpy:
+    eagerly ``jnp.full`` compiled a program per shape."""
+    flax_init = nn.initializers.constant(value, dtype)
+
+    def init(key, shape, dtype=dtype):
+        if isinstance(key, jax.core.Tracer):
+            return flax_init(key, shape, dtype)
+        dtype = jnp.float32 if dtype is None else dtype
+        return jax.device_put(np.full(tuple(int(s) for s in shape), value, jnp.dtype(dtype)))
+    return init
+
+
+class Declare(nn.Module):
+    """Declares parameters alone, without a forward pass: ``specs`` holds ``(name, init, shape)`` for a
+    parameter of this scope and ``(name, specs)`` for a child scope, in the order the model makes them.
+    Flax draws a parameter's key from the root key, its scope path and its rank among its scope's
+    parameters, so the model's names in the model's order give its parameters bit for bit (tested per
+    model); ``Declare(specs).init(key)`` has the tree of ``model.init(key, ...)``."""
+
+    specs: tuple
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self):
+        for spec in self.specs:
+            if len(spec) == 2:
+                Declare(spec[1], self.dtype, name=spec[0])()
+            else:
+                self.param(spec[0], spec[1], spec[2], self.dtype)

@@ -1,5 +1,6 @@
-"""models.initializers give flax's initial parameters bit for bit, and `lazy_init` the same
-parameters as a full `init` (so the numbers of every run stay as they were)."""
+"""models.initializers give flax's initial parameters bit for bit, and the parameters-only inits
+(`gpt.init_params` on `initializers.Declare`, `pfn.init_params`' `lazy_init`) the same parameters as a
+full `init` (so the numbers of every run stay as they were)."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -55,17 +56,30 @@ def test_rank_one_fan_in_is_a_clear_error():
         initializers.fan_in_uniform_init(1.0)(jax.random.key(0), (5,))
 
 
-def test_gpt_lazy_init_equals_full_init_and_vmap():
-    """The forward-free init gives `init`'s parameters, also vmapped over seeds (seed stacks)."""
-    cfg = gpt.GPTConfig(d_in=3, max_tokens=8, n_layers=1, n_heads=2, width=8)
+@pytest.mark.parametrize("kw", [dict(d_in=3, max_tokens=8, n_layers=1, n_heads=2, width=8),
+                                dict(d_in=5, max_tokens=12, n_layers=2, n_heads=3, width=12, mlp_ratio=2,
+                                     out_dim=3, attention_backend="lawcat")])   # gate and conv filters too
+def test_gpt_init_params_equals_full_init_and_vmap(kw):
+    """The forward-free init gives `init`'s parameters bit for bit: the softmax GPT (also vmapped over
+    seeds: seed stacks), and a vector read-out with the `models.attention` module (lawcat's parameters
+    are a superset of the other backends'; all seven, both configs, were checked once by hand)."""
+    cfg = gpt.GPTConfig(**kw)
     key = jax.random.key(4)
     lazy = gpt.init_params(cfg, key)
     assert all(type(x) is type(jnp.zeros(1)) for x in jax.tree_util.tree_leaves(lazy))   # device arrays (`.at`, sharding)
     full = gpt.GPT(cfg).init(key, jnp.zeros((1, cfg.max_tokens, cfg.d_in)))   # runs the forward pass
     assert jax.tree_util.tree_structure(lazy) == jax.tree_util.tree_structure(full)
     assert all(jax.tree_util.tree_leaves(jax.tree_util.tree_map(_same, lazy, full)))
-    stacked = jax.vmap(lambda k: gpt.init_params(cfg, k))(jnp.stack([jax.random.key(0), key]))
-    assert all(jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda s, a: _same(s[1], a), stacked, lazy)))
+    if cfg.attention_backend == "softmax":   # under vmap flax's initialisers run: one case is enough
+        stacked = jax.vmap(lambda k: gpt.init_params(cfg, k))(jnp.stack([jax.random.key(0), key]))
+        assert all(jax.tree_util.tree_leaves(jax.tree_util.tree_map(lambda s, a: _same(s[1], a), stacked, lazy)))
+
+
+def test_constant_init_equals_flax():
+    for value, dtype in ((0.0, jnp.float32), (1.0, jnp.float32), (1.0, jnp.bfloat16)):
+        ours = initializers.constant_init(value)(jax.random.key(0), (3, 4), dtype)
+        assert _same(ours, nn.initializers.constant(value)(jax.random.key(0), (3, 4), dtype))
+        assert type(ours) is type(jnp.zeros(1))
 
 
 def test_pfn_lazy_init_equals_full_init():
