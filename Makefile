@@ -19,7 +19,7 @@ UV_VERSION := 0.13.8
 # test runner writes the bytecode of what runs and tests import (22 CPU-s once; uv's --compile-bytecode,
 # everything installed, took 53). test_multiprocess + test_config_cli + test_gpicl_data +
 # test_multidevice, their subprocesses included: 161 → 79 CPU-s.
-export PRECOMPILE := import matplotlib.pyplot, pytest, xdist; from ictl import cli;   [cli.load_experiment(n) for n in cli.experiment_names()]
+export PRECOMPILE := import matplotlib.pyplot, pytest, xdist; from ictl import cli; [cli.load_experiment(n) for n in cli.experiment_names()]
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	@if $(BIN)/python -m pip install -q --disable-pip-version-check uv==$(UV_VERSION); then \
