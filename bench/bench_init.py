@@ -1,5 +1,6 @@
-"""Model initialisation time: flax's eager `init` (as before) against `init_params` (`lazy_init`, no
-forward pass, and `models.initializers`' shared draw programs), both giving the same parameters.
+"""Model initialisation time: flax's eager `init` (as before) against `init_params` (no forward pass:
+the GPT's `initializers.Declare` specs, the PFN's `lazy_init`, the LSA's `LSA.weights`; and
+`models.initializers`' shared draw programs), both giving the same parameters.
 
 A run initialises its model eagerly: every operation of the forward pass and every initialiser at
 a new shape compiles its own small program, seconds per model before any training. Each
