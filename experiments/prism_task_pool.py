@@ -30,9 +30,7 @@ import time
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
-from ictl import baselines as bl
 from ictl import bayes
 from ictl import evaluation as ev
 from ictl.config import SCALES, check, check_ints_at_least_one, check_steps_per_call, new_config
